@@ -1,0 +1,189 @@
+//! Records shared by the kernel programs and the agent.
+//!
+//! Everything here is `repr(C)` plain data: the kernel writes it, the agent
+//! reads it byte for byte. Changing a layout means changing both sides, which
+//! is why the types live in one crate.
+#![no_std]
+
+/// Byte offsets of kernel struct fields, read from the running kernel's BTF
+/// by the agent at start-up and written into the programs as a global.
+/// Rust eBPF gets no CO-RE relocations, so this is how the programs stay
+/// independent of one kernel build.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offsets {
+    // struct sock_common
+    pub skc_state: u32,
+    pub skc_family: u32,
+    pub skc_num: u32,
+    pub skc_dport: u32,
+    pub skc_rcv_saddr: u32,
+    pub skc_daddr: u32,
+    pub skc_v6_rcv_saddr: u32,
+    pub skc_v6_daddr: u32,
+    pub skc_net: u32,
+    /// `struct net` -> `ns.inum`
+    pub net_inum: u32,
+    // struct sock
+    pub sk_socket: u32,
+    pub sk_wmem_queued: u32,
+    /// `struct socket_alloc` -> `vfs_inode`, then `struct inode` -> `i_ino`
+    pub socket_inode: u32,
+    pub inode_ino: u32,
+    // struct inet_connection_sock
+    pub icsk_retransmits: u32,
+    pub icsk_pending: u32,
+    pub icsk_backoff: u32,
+    pub icsk_probes_out: u32,
+    pub icsk_retransmit_timer: u32,
+    // struct tcp_sock
+    pub write_seq: u32,
+    pub snd_nxt: u32,
+    pub snd_una: u32,
+    pub snd_wnd: u32,
+    // struct timer_list
+    pub timer_function: u32,
+    // classic tracepoint record fields (from tracefs `format` files)
+    pub tp_state_skaddr: u32,
+    pub tp_state_oldstate: u32,
+    pub tp_state_newstate: u32,
+    pub tp_send_sk: u32,
+    pub tp_retransmit_skaddr: u32,
+    pub _pad: u32,
+    /// Address of `tcp_write_timer`, so the generic timer hook can pick out
+    /// the TCP retransmit/probe timer among every timer in the system.
+    pub tcp_write_timer: u64,
+}
+
+/// What the kernel programs learn about one tracked socket from events.
+/// Kept in the `SOCKS` map, keyed by the socket's kernel address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockEvents {
+    /// Process that owned the socket when it was first seen; events from
+    /// timer and softirq context are attributed to it, never to `current`.
+    pub owner_tgid: u32,
+    pub flags: u32,
+    /// `snd_una` when last looked at, to notice ACK progress.
+    pub snd_una: u32,
+    pub _pad: u32,
+    /// CLOCK_MONOTONIC ns of the last `snd_una` movement (or of the moment
+    /// unacknowledged data appeared).
+    pub last_progress_ns: u64,
+    pub close_wait_since_ns: u64,
+    pub zero_window_since_ns: u64,
+    pub retransmits: u32,
+    pub rto_timeouts: u32,
+    pub zero_window_probes: u32,
+    pub loss_probes: u32,
+}
+
+/// The socket was seen becoming ESTABLISHED while tracked, so its close is
+/// counted as a closed connection.
+pub const FLAG_COUNTED_OPEN: u32 = 1;
+/// The owning process closed the socket (`tcp_close`, or a state change that
+/// only a close causes); the kernel may still hold it as an orphan.
+pub const FLAG_APP_CLOSED: u32 = 2;
+
+/// Per-process event counters, summed over CPUs by the agent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcCounters {
+    pub retransmits: u64,
+    pub rto_timeouts: u64,
+    pub zero_window_probes: u64,
+    pub loss_probes: u64,
+    pub opened: u64,
+    pub closed: u64,
+    pub sends: u64,
+}
+
+/// One socket as the TCP iterator sees it: the kernel's current truth,
+/// plus the event state the probes collected for it, if any.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockRecord {
+    pub sk: u64,
+    /// Inode of the socket's file; 0 once no process holds it (orphan).
+    pub inode: u64,
+    pub netns: u32,
+    pub state: u8,
+    pub family: u8,
+    /// `icsk_pending`: which of the write timers is armed.
+    pub pending: u8,
+    pub backoff: u8,
+    pub retransmits: u8,
+    pub probes_out: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub has_events: u8,
+    pub _pad: u8,
+    pub write_seq: u32,
+    pub snd_nxt: u32,
+    pub snd_una: u32,
+    pub snd_wnd: u32,
+    pub wmem_queued: i32,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub _pad2: u32,
+    pub events: SockEvents,
+}
+
+/// Reasons the kernel programs count when they have to give something up.
+pub mod drop_reason {
+    pub const SOCKET_MAP_FULL: u32 = 0;
+    pub const COUNTER_MAP_FULL: u32 = 1;
+    pub const READ_FAILED: u32 = 2;
+    pub const ITER_WRITE_FAILED: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// `icsk_pending` values (include/net/inet_connection_sock.h).
+pub mod timer {
+    pub const RETRANS: u8 = 1;
+    pub const PROBE0: u8 = 3;
+    pub const LOSS_PROBE: u8 = 5;
+}
+
+/// TCP states as the kernel numbers them (include/net/tcp_states.h).
+pub mod tcp_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const FIN_WAIT1: u8 = 4;
+    pub const FIN_WAIT2: u8 = 5;
+    pub const TIME_WAIT: u8 = 6;
+    pub const CLOSE: u8 = 7;
+    pub const CLOSE_WAIT: u8 = 8;
+    pub const LAST_ACK: u8 = 9;
+    pub const LISTEN: u8 = 10;
+    pub const CLOSING: u8 = 11;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// Key of the map of listening ports the target owns, so that a connection
+/// accepted in softirq context can be attributed to it before `accept()`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PortKey {
+    pub netns: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all types are repr(C), Copy, and have no padding the kernel
+    // could leave uninitialised that we would then interpret (explicit pads).
+    unsafe impl aya::Pod for super::Offsets {}
+    unsafe impl aya::Pod for super::SockEvents {}
+    unsafe impl aya::Pod for super::ProcCounters {}
+    unsafe impl aya::Pod for super::SockRecord {}
+    unsafe impl aya::Pod for super::PortKey {}
+}
+
+// The agent parses iterator output as a stream of these; a layout with
+// implicit padding would differ between the two compilers' views.
+const _: () = assert!(core::mem::size_of::<SockRecord>() == 144);
+const _: () = assert!(core::mem::size_of::<SockEvents>() == 56);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 128);

@@ -1,0 +1,87 @@
+//! `iter/tcp`: one `SockRecord` per full TCP socket of the reader's network
+//! namespace, joined with what the probes recorded for it. This is the
+//! periodic truth the agent reconciles against, and how sockets opened before
+//! the agent started are found.
+
+use core::ffi::c_void;
+
+use aya_ebpf::helpers::generated::bpf_seq_write;
+use observer_common::{SockRecord, drop_reason, tcp_state};
+
+use crate::{
+    kernel::{self, off, read},
+    maps::{SOCKS, count_drop},
+};
+
+#[repr(C)]
+struct IterMeta {
+    seq: *mut c_void,
+    session_id: u64,
+    seq_num: u64,
+}
+
+/// `struct bpf_iter__tcp`
+#[repr(C)]
+pub struct IterTcpCtx {
+    meta: *mut IterMeta,
+    sk_common: *mut c_void,
+    uid: u32,
+}
+
+const AF_INET6: u8 = 10;
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/tcp")]
+pub fn observer_sockets(ctx: *mut IterTcpCtx) -> i32 {
+    // Direct loads: the verifier types these as kernel pointers, which
+    // bpf_seq_write requires; everything else goes through probe reads.
+    let meta = unsafe { (*ctx).meta };
+    let sk = unsafe { (*ctx).sk_common } as u64;
+    if sk == 0 {
+        return 0;
+    }
+    let state = kernel::state(sk);
+    // TIME_WAIT and request sockets are not full sockets: no process owns
+    // them and the tcp_sock fields do not exist.
+    if state == tcp_state::TIME_WAIT || state == tcp_state::NEW_SYN_RECV {
+        return 0;
+    }
+    let mut rec = SockRecord {
+        sk,
+        inode: kernel::inode(sk),
+        netns: kernel::netns(sk),
+        state,
+        family: read::<u16>(sk, off!(skc_family)) as u8,
+        pending: read(sk, off!(icsk_pending)),
+        backoff: read(sk, off!(icsk_backoff)),
+        retransmits: read(sk, off!(icsk_retransmits)),
+        probes_out: read(sk, off!(icsk_probes_out)),
+        sport: kernel::local_port(sk),
+        dport: u16::from_be(read::<u16>(sk, off!(skc_dport))),
+        write_seq: read(sk, off!(write_seq)),
+        snd_nxt: kernel::snd_nxt(sk),
+        snd_una: kernel::snd_una(sk),
+        snd_wnd: kernel::snd_wnd(sk),
+        wmem_queued: read(sk, off!(sk_wmem_queued)),
+        ..SockRecord::default()
+    };
+    if rec.family == AF_INET6 {
+        rec.saddr = read(sk, off!(skc_v6_rcv_saddr));
+        rec.daddr = read(sk, off!(skc_v6_daddr));
+    } else {
+        let s: [u8; 4] = read(sk, off!(skc_rcv_saddr));
+        let d: [u8; 4] = read(sk, off!(skc_daddr));
+        rec.saddr[..4].copy_from_slice(&s);
+        rec.daddr[..4].copy_from_slice(&d);
+    }
+    if let Some(ev) = SOCKS.get_ptr(sk) {
+        rec.events = unsafe { *ev };
+        rec.has_events = 1;
+    }
+    let seq = unsafe { (*meta).seq };
+    let len = core::mem::size_of::<SockRecord>() as u32;
+    if unsafe { bpf_seq_write(seq.cast(), (&rec as *const SockRecord).cast(), len) } != 0 {
+        count_drop(drop_reason::ITER_WRITE_FAILED);
+    }
+    0
+}

@@ -1,0 +1,155 @@
+//! Kernel programs of `observer`.
+//!
+//! Each hook has one program per attach method; the agent loads the first
+//! that the running kernel accepts (see `observer/src/probes/plan.rs`). Every
+//! program only extracts the socket pointer from its context and hands it to
+//! `track`, so all methods of a hook behave the same.
+#![no_std]
+#![no_main]
+
+mod iter;
+mod kernel;
+mod maps;
+mod track;
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, fentry, fexit, kprobe, raw_tracepoint, tracepoint},
+    programs::{
+        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext,
+        TracePointContext,
+    },
+};
+use kernel::off;
+
+#[inline(always)]
+fn tp_field<T: Default>(ctx: &TracePointContext, offset: u32) -> T {
+    unsafe { ctx.read_at::<T>(offset as usize) }.unwrap_or_default()
+}
+
+// ---- send path: tcp_sendmsg -------------------------------------------------
+
+#[fexit(function = "tcp_sendmsg")]
+pub fn send_fexit(ctx: FExitContext) -> u32 {
+    track::on_send(ctx.arg::<u64>(0));
+    0
+}
+
+#[kprobe]
+pub fn send_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        track::on_send(sk);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn send_tp_btf(ctx: BtfTracePointContext) -> i32 {
+    track::on_send(ctx.arg::<u64>(0));
+    0
+}
+
+#[tracepoint]
+pub fn send_tracepoint(ctx: TracePointContext) -> u32 {
+    track::on_send(tp_field(&ctx, off!(tp_send_sk)));
+    0
+}
+
+// ---- the application's close: tcp_close -------------------------------------
+
+#[fentry(function = "tcp_close")]
+pub fn close_fentry(ctx: FEntryContext) -> u32 {
+    track::on_close(ctx.arg::<u64>(0));
+    0
+}
+
+#[kprobe]
+pub fn close_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        track::on_close(sk);
+    }
+    0
+}
+
+// ---- state changes: inet_sock_set_state -------------------------------------
+
+#[btf_tracepoint(function = "inet_sock_set_state")]
+pub fn state_tp_btf(ctx: BtfTracePointContext) -> i32 {
+    track::on_state(ctx.arg::<u64>(0), ctx.arg::<i32>(1), ctx.arg::<i32>(2));
+    0
+}
+
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn state_raw_tp(ctx: RawTracePointContext) -> i32 {
+    track::on_state(ctx.arg::<u64>(0), ctx.arg::<i32>(1), ctx.arg::<i32>(2));
+    0
+}
+
+#[tracepoint]
+pub fn state_tracepoint(ctx: TracePointContext) -> u32 {
+    track::on_state(
+        tp_field(&ctx, off!(tp_state_skaddr)),
+        tp_field(&ctx, off!(tp_state_oldstate)),
+        tp_field(&ctx, off!(tp_state_newstate)),
+    );
+    0
+}
+
+// ---- retransmit / zero-window-probe / loss-probe timer ----------------------
+
+#[fentry(function = "tcp_write_timer_handler")]
+pub fn timer_fentry(ctx: FEntryContext) -> u32 {
+    track::on_write_timer(ctx.arg::<u64>(0));
+    0
+}
+
+#[kprobe]
+pub fn timer_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        track::on_write_timer(sk);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "timer_expire_entry")]
+pub fn timer_tp_btf(ctx: BtfTracePointContext) -> i32 {
+    track::on_timer_expire(ctx.arg::<u64>(0));
+    0
+}
+
+// ---- retransmitted segments: tcp_retransmit_skb -----------------------------
+
+#[fentry(function = "tcp_retransmit_skb")]
+pub fn retransmit_fentry(ctx: FEntryContext) -> u32 {
+    track::on_retransmit(ctx.arg::<u64>(0));
+    0
+}
+
+#[kprobe]
+pub fn retransmit_kprobe(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        track::on_retransmit(sk);
+    }
+    0
+}
+
+#[btf_tracepoint(function = "tcp_retransmit_skb")]
+pub fn retransmit_tp_btf(ctx: BtfTracePointContext) -> i32 {
+    track::on_retransmit(ctx.arg::<u64>(0));
+    0
+}
+
+#[tracepoint]
+pub fn retransmit_tracepoint(ctx: TracePointContext) -> u32 {
+    track::on_retransmit(tp_field(&ctx, off!(tp_retransmit_skaddr)));
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,83 @@
+//! Maps shared with the agent. Capacities here are defaults; the agent
+//! resizes `SOCKS` from `--max-sockets` before loading.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+};
+use observer_common::{PortKey, ProcCounters, SockEvents, drop_reason};
+
+/// Processes being watched (tgid -> 1). Written by the agent.
+#[map]
+pub static TARGET_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+
+/// Listening ports of the watched processes -> owning tgid. Written by the
+/// agent, so a connection the kernel accepts in softirq context (before the
+/// application calls `accept()`) is already attributed to its owner.
+#[map]
+pub static TARGET_PORTS: HashMap<PortKey, u32> = HashMap::with_max_entries(4096, 0);
+
+/// Tracked sockets by kernel address. LRU so that a missed destruction can
+/// never fill it for good; the agent notices and counts evictions.
+#[map]
+pub static SOCKS: LruHashMap<u64, SockEvents> = LruHashMap::with_max_entries(131_072, 0);
+
+/// Event counters per owning process.
+#[map]
+pub static COUNTERS: PerCpuHashMap<u32, ProcCounters> = PerCpuHashMap::with_max_entries(1024, 0);
+
+/// What the programs had to give up, by `drop_reason`.
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(drop_reason::COUNT, 0);
+
+#[inline(always)]
+pub fn count_drop(reason: u32) {
+    if let Some(slot) = DROPS.get_ptr_mut(reason) {
+        // SAFETY: per-CPU slot, no other writer on this CPU while we run.
+        unsafe { *slot += 1 };
+    }
+}
+
+/// Bumps one counter of `tgid`, creating its entry on first use.
+#[inline(always)]
+pub fn bump(tgid: u32, counter: Counter) {
+    let ptr = match COUNTERS.get_ptr_mut(tgid) {
+        Some(ptr) => ptr,
+        None => {
+            // BPF_NOEXIST: another CPU may have created it meanwhile; per-CPU
+            // maps give each CPU its own zeroed slot either way.
+            let _ = COUNTERS.insert(tgid, ProcCounters::default(), 1);
+            match COUNTERS.get_ptr_mut(tgid) {
+                Some(ptr) => ptr,
+                None => {
+                    count_drop(drop_reason::COUNTER_MAP_FULL);
+                    return;
+                }
+            }
+        }
+    };
+    // SAFETY: the pointer is this CPU's slot of a live map entry.
+    let c = unsafe { &mut *ptr };
+    // A match, not a function pointer: BPF has no indirect calls.
+    let slot = match counter {
+        Counter::Retransmits => &mut c.retransmits,
+        Counter::RtoTimeouts => &mut c.rto_timeouts,
+        Counter::ZeroWindowProbes => &mut c.zero_window_probes,
+        Counter::LossProbes => &mut c.loss_probes,
+        Counter::Opened => &mut c.opened,
+        Counter::Closed => &mut c.closed,
+        Counter::Sends => &mut c.sends,
+    };
+    *slot += 1;
+}
+
+#[derive(Clone, Copy)]
+pub enum Counter {
+    Retransmits,
+    RtoTimeouts,
+    ZeroWindowProbes,
+    LossProbes,
+    Opened,
+    Closed,
+    Sends,
+}

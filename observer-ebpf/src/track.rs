@@ -1,0 +1,181 @@
+//! What each event does to the tracked-socket table. Every attach method of a
+//! hook ends up here with the socket's address, so the policy is written once.
+
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
+use observer_common::{
+    FLAG_APP_CLOSED, FLAG_COUNTED_OPEN, PortKey, SockEvents, drop_reason, tcp_state, timer,
+};
+
+use crate::{
+    kernel,
+    maps::{Counter, SOCKS, TARGET_PORTS, TARGET_TGIDS, bump, count_drop},
+};
+
+#[inline(always)]
+fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+#[inline(always)]
+fn is_target(tgid: u32) -> bool {
+    TARGET_TGIDS.get_ptr(tgid).is_some()
+}
+
+/// Starts tracking `sk` for `owner`. Returns false when the map refused it.
+#[inline(always)]
+fn start(sk: u64, owner: u32, flags: u32, now: u64) -> bool {
+    let events = SockEvents {
+        owner_tgid: owner,
+        flags,
+        snd_una: kernel::snd_una(sk),
+        last_progress_ns: now,
+        ..SockEvents::default()
+    };
+    // BPF_NOEXIST: never clobber what another CPU recorded first.
+    match SOCKS.insert(sk, events, 1) {
+        Ok(()) => true,
+        Err(e) if e == -17 => true, // EEXIST
+        Err(_) => {
+            count_drop(drop_reason::SOCKET_MAP_FULL);
+            false
+        }
+    }
+}
+
+/// ACK progress bookkeeping shared by every event that looks at a socket.
+#[inline(always)]
+fn note_progress(ev: &mut SockEvents, sk: u64, now: u64) {
+    let una = kernel::snd_una(sk);
+    if una != ev.snd_una || una == kernel::snd_nxt(sk) {
+        // Moved, or nothing outstanding: an idle socket is not a stuck one.
+        ev.snd_una = una;
+        ev.last_progress_ns = now;
+    }
+    if kernel::snd_wnd(sk) != 0 {
+        ev.zero_window_since_ns = 0;
+    }
+}
+
+/// After a send by the current task.
+#[inline(always)]
+pub fn on_send(sk: u64) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    match SOCKS.get_ptr_mut(sk) {
+        Some(ev) => {
+            let ev = unsafe { &mut *ev };
+            note_progress(ev, sk, now);
+            bump(ev.owner_tgid, Counter::Sends);
+        }
+        None => {
+            let tgid = current_tgid();
+            if is_target(tgid) && start(sk, tgid, 0, now) {
+                bump(tgid, Counter::Sends);
+            }
+        }
+    }
+}
+
+/// The application closed the socket (tcp_close).
+#[inline(always)]
+pub fn on_close(sk: u64) {
+    if let Some(ev) = SOCKS.get_ptr_mut(sk) {
+        unsafe { (*ev).flags |= FLAG_APP_CLOSED };
+    }
+}
+
+/// A TCP state change; may run in softirq context.
+#[inline(always)]
+pub fn on_state(sk: u64, old: i32, new: i32) {
+    let (old, new) = (old as u8, new as u8);
+    let now = unsafe { bpf_ktime_get_ns() };
+    if new == tcp_state::SYN_SENT {
+        // connect() runs in the caller's context: attribute by current.
+        let tgid = current_tgid();
+        if is_target(tgid) {
+            start(sk, tgid, 0, now);
+        }
+        return;
+    }
+    if old == tcp_state::SYN_RECV && new == tcp_state::ESTABLISHED {
+        // Passive open, in softirq: attribute by the listening port.
+        let key = PortKey {
+            netns: kernel::netns(sk),
+            port: kernel::local_port(sk),
+            _pad: 0,
+        };
+        if let Some(owner) = TARGET_PORTS.get_ptr(key) {
+            let owner = unsafe { *owner };
+            if start(sk, owner, FLAG_COUNTED_OPEN, now) {
+                bump(owner, Counter::Opened);
+            }
+        }
+        return;
+    }
+    let Some(ev) = SOCKS.get_ptr_mut(sk) else {
+        return;
+    };
+    let ev = unsafe { &mut *ev };
+    match new {
+        tcp_state::ESTABLISHED if ev.flags & FLAG_COUNTED_OPEN == 0 => {
+            ev.flags |= FLAG_COUNTED_OPEN;
+            bump(ev.owner_tgid, Counter::Opened);
+        }
+        tcp_state::CLOSE_WAIT => ev.close_wait_since_ns = now,
+        tcp_state::CLOSE => {
+            if ev.flags & FLAG_COUNTED_OPEN != 0 {
+                bump(ev.owner_tgid, Counter::Closed);
+            }
+            let _ = SOCKS.remove(sk);
+        }
+        _ => {}
+    }
+}
+
+/// A segment was retransmitted; softirq or timer context.
+#[inline(always)]
+pub fn on_retransmit(sk: u64) {
+    if let Some(ev) = SOCKS.get_ptr_mut(sk) {
+        let ev = unsafe { &mut *ev };
+        ev.retransmits += 1;
+        bump(ev.owner_tgid, Counter::Retransmits);
+    }
+}
+
+/// The TCP write timer of `sk` expired; `icsk_pending` says which one.
+#[inline(always)]
+pub fn on_write_timer(sk: u64) {
+    let Some(ev) = SOCKS.get_ptr_mut(sk) else {
+        return;
+    };
+    let ev = unsafe { &mut *ev };
+    let now = unsafe { bpf_ktime_get_ns() };
+    note_progress(ev, sk, now);
+    match kernel::read::<u8>(sk, kernel::off!(icsk_pending)) {
+        timer::RETRANS => {
+            ev.rto_timeouts += 1;
+            bump(ev.owner_tgid, Counter::RtoTimeouts);
+        }
+        timer::PROBE0 => {
+            ev.zero_window_probes += 1;
+            if ev.zero_window_since_ns == 0 {
+                ev.zero_window_since_ns = now;
+            }
+            bump(ev.owner_tgid, Counter::ZeroWindowProbes);
+        }
+        timer::LOSS_PROBE => {
+            ev.loss_probes += 1;
+            bump(ev.owner_tgid, Counter::LossProbes);
+        }
+        _ => {}
+    }
+}
+
+/// The generic timer hook: only TCP write timers are ours.
+#[inline(always)]
+pub fn on_timer_expire(timer: u64) {
+    let function: u64 = kernel::read(timer, kernel::off!(timer_function));
+    if function == 0 || function != kernel::off!(tcp_write_timer) {
+        return;
+    }
+    on_write_timer(timer - kernel::off!(icsk_retransmit_timer) as u64);
+}
