@@ -1,0 +1,253 @@
+//! The sweep loop: at every interval, find the target's processes, read the
+//! kernel's sockets, reconcile the table, feed what the probes need back into
+//! the kernel maps, and publish the metrics.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
+use log::{debug, warn};
+use observer_common::{PortKey, ProcCounters, SockEvents, drop_reason};
+
+use crate::{
+    classify::Thresholds,
+    metrics::{self, Metrics},
+    probes::{errors::ProbeError, loader::Probes},
+    sockets::{iter, table::SocketTable},
+    target::{self, Selector},
+};
+
+/// Handles on the maps the agent reads and writes.
+pub struct KernelMaps {
+    tgids: BpfHashMap<MapData, u32, u32>,
+    ports: BpfHashMap<MapData, PortKey, u32>,
+    socks: BpfHashMap<MapData, u64, SockEvents>,
+    counters: PerCpuHashMap<MapData, u32, ProcCounters>,
+    drops: PerCpuArray<MapData, u64>,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    probes: &mut Probes,
+    name: &'static str,
+) -> Result<T, ProbeError> {
+    let map = probes.ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    T::try_from(map).map_err(|e| ProbeError::Map { name, reason: e.to_string() })
+}
+
+impl KernelMaps {
+    pub fn take(probes: &mut Probes) -> Result<Self, ProbeError> {
+        Ok(KernelMaps {
+            tgids: take(probes, "TARGET_TGIDS")?,
+            ports: take(probes, "TARGET_PORTS")?,
+            socks: take(probes, "SOCKS")?,
+            counters: take(probes, "COUNTERS")?,
+            drops: take(probes, "DROPS")?,
+        })
+    }
+}
+
+/// State shared with the HTTP side.
+#[derive(Default)]
+pub struct Shared {
+    pub pids: Mutex<Vec<u32>>,
+    pub last_sweep: Mutex<Option<Instant>>,
+}
+
+pub struct Agent {
+    pub probes: Probes,
+    pub maps: KernelMaps,
+    pub selector: Selector,
+    pub thresholds: Thresholds,
+    pub metrics: Metrics,
+    pub shared: Arc<Shared>,
+    table: SocketTable,
+    own_netns: Option<u64>,
+    tgids: HashSet<u32>,
+    ports: HashMap<(u32, u16), u32>,
+    last_counters: HashMap<u32, ProcCounters>,
+    last_drops: [u64; drop_reason::COUNT as usize],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error(transparent)]
+    Iter(#[from] iter::IterError),
+    #[error("opening network namespace of pid {pid}: {source}")]
+    Netns { pid: u32, source: std::io::Error },
+}
+
+/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl Agent {
+    pub fn new(
+        mut probes: Probes,
+        selector: Selector,
+        thresholds: Thresholds,
+        metrics: Metrics,
+        shared: Arc<Shared>,
+    ) -> Result<Self, ProbeError> {
+        let maps = KernelMaps::take(&mut probes)?;
+        Ok(Agent {
+            probes,
+            maps,
+            selector,
+            thresholds,
+            metrics,
+            shared,
+            table: SocketTable::default(),
+            own_netns: target::own_netns(),
+            tgids: HashSet::new(),
+            ports: HashMap::new(),
+            last_counters: HashMap::new(),
+            last_drops: [0; drop_reason::COUNT as usize],
+        })
+    }
+
+    /// Sweeps until `stop` is set.
+    pub fn run(mut self, interval: Duration, stop: Arc<AtomicBool>) {
+        while !stop.load(Ordering::Relaxed) {
+            let started = Instant::now();
+            match self.sweep() {
+                Ok(()) => {
+                    *self.shared.last_sweep.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+                }
+                Err(e) => {
+                    self.metrics.sweep_errors.inc();
+                    warn!("sweep failed: {e}");
+                }
+            }
+            self.metrics.sweeps.inc();
+            self.metrics.sweep_duration.set(started.elapsed().as_secs_f64());
+            // Sleep in small steps so shutdown is prompt.
+            let deadline = started + interval;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20).min(deadline.saturating_duration_since(Instant::now())));
+            }
+        }
+    }
+
+    pub fn sweep(&mut self) -> Result<(), SweepError> {
+        let pids = target::resolve(&self.selector);
+        // Register new PIDs before reading sockets, so sends from here on
+        // are attributed while the sweep runs.
+        self.sync_tgids(&pids);
+        let scan = target::scan(&pids);
+        let targets: HashSet<u32> = scan.pids.iter().copied().collect();
+
+        let mut records = Vec::new();
+        for (ns, ns_pids) in &scan.netns {
+            let file = if Some(*ns) == self.own_netns {
+                None
+            } else {
+                let pid = ns_pids[0];
+                Some(target::open_netns(pid).map_err(|source| SweepError::Netns { pid, source })?)
+            };
+            records.extend(iter::read_sockets(&mut self.probes.ebpf, file.as_ref())?);
+        }
+
+        let now = monotonic_ns();
+        let actions = self.table.sweep(now, &records, &scan.inode_owner, &targets, &self.thresholds);
+        for (sk, owner, snd_una) in actions.track {
+            let ev = SockEvents { owner_tgid: owner, snd_una, last_progress_ns: now, ..Default::default() };
+            // BPF_NOEXIST: a probe that got there first knows better.
+            match self.maps.socks.insert(sk, ev, 1) {
+                Ok(()) => self.table.mark_kernel_tracked(sk),
+                Err(e) => debug!("tracking socket {sk:#x}: {e}"),
+            }
+        }
+        self.metrics.add_dropped(metrics::DROP_EVICTED, actions.evicted);
+        self.sync_ports(actions.listen_ports);
+        self.collect_counters(&targets);
+        self.collect_drops();
+
+        self.metrics.publish(&self.table.summary(None));
+        self.metrics.target_up.set(i64::from(!scan.pids.is_empty()));
+        self.metrics.target_processes.set(scan.pids.len() as i64);
+        *self.shared.pids.lock().unwrap_or_else(|p| p.into_inner()) = scan.pids;
+        Ok(())
+    }
+
+    fn sync_tgids(&mut self, pids: &[u32]) {
+        let want: HashSet<u32> = pids.iter().copied().collect();
+        for gone in self.tgids.difference(&want).copied().collect::<Vec<_>>() {
+            let _ = self.maps.tgids.remove(&gone);
+            self.tgids.remove(&gone);
+        }
+        for pid in want {
+            if !self.tgids.contains(&pid) && self.maps.tgids.insert(pid, 1, 0).is_ok() {
+                self.tgids.insert(pid);
+            }
+        }
+    }
+
+    fn sync_ports(&mut self, want: HashMap<(u32, u16), u32>) {
+        let key = |(netns, port): (u32, u16)| PortKey { netns, port, _pad: 0 };
+        for (k, _) in self.ports.iter().filter(|(k, _)| !want.contains_key(k)) {
+            let _ = self.maps.ports.remove(&key(*k));
+        }
+        for (k, owner) in &want {
+            if self.ports.get(k) != Some(owner) {
+                let _ = self.maps.ports.insert(key(*k), *owner, 0);
+            }
+        }
+        self.ports = want;
+    }
+
+    /// Adds what the kernel counted since the last sweep; forgets processes
+    /// that are no longer targets after taking their final counts.
+    fn collect_counters(&mut self, targets: &HashSet<u32>) {
+        let known: HashSet<u32> = self.last_counters.keys().copied().chain(targets.iter().copied()).collect();
+        for pid in known {
+            let now = match self.maps.counters.get(&pid, 0) {
+                Ok(per_cpu) => per_cpu.iter().fold(ProcCounters::default(), |mut a, c| {
+                    a.retransmits += c.retransmits;
+                    a.rto_timeouts += c.rto_timeouts;
+                    a.zero_window_probes += c.zero_window_probes;
+                    a.loss_probes += c.loss_probes;
+                    a.opened += c.opened;
+                    a.closed += c.closed;
+                    a.sends += c.sends;
+                    a
+                }),
+                Err(_) => ProcCounters::default(),
+            };
+            let before = self.last_counters.get(&pid).copied().unwrap_or_default();
+            let d = |n: u64, b: u64| n.saturating_sub(b);
+            let e = &self.metrics.events;
+            e.retransmits.inc_by(d(now.retransmits, before.retransmits));
+            e.rto_timeouts.inc_by(d(now.rto_timeouts, before.rto_timeouts));
+            e.zero_window_probes.inc_by(d(now.zero_window_probes, before.zero_window_probes));
+            e.loss_probes.inc_by(d(now.loss_probes, before.loss_probes));
+            e.opened.inc_by(d(now.opened, before.opened));
+            e.closed.inc_by(d(now.closed, before.closed));
+            if targets.contains(&pid) {
+                self.last_counters.insert(pid, now);
+            } else {
+                let _ = self.maps.counters.remove(&pid);
+                self.last_counters.remove(&pid);
+            }
+        }
+    }
+
+    fn collect_drops(&mut self) {
+        for reason in 0..drop_reason::COUNT {
+            let Ok(per_cpu) = self.maps.drops.get(&reason, 0) else { continue };
+            let total: u64 = per_cpu.iter().sum();
+            let slot = &mut self.last_drops[reason as usize];
+            self.metrics.add_dropped(reason as usize, total.saturating_sub(*slot));
+            *slot = total;
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Command line. Every value is checked here, so a mistake gets a one-line
+//! error before anything is loaded into the kernel.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::probes::plan::{Hook, Method};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "observer",
+    version,
+    about = "Finds the dead and stalled TCP sockets of a server process, and the bytes stuck in them, from the kernel's own state.",
+    long_about = "Finds the dead and stalled TCP sockets of a server process, and the bytes stuck in them, \
+from the kernel's own state, and serves them as Prometheus metrics next to the process's memory.\n\n\
+A WebSocket server whose memory climbs while its connection count looks flat usually holds \
+zombie sockets: peers that vanished without FIN/RST (dead_peer), peers that closed while the \
+app never did (close_wait), sockets the app closed with data still queued (orphaned), or live \
+peers that read too slowly (stalled, zero_window). Heap snapshots cannot see these; the kernel can.",
+    after_help = "Examples:\n  observer run --pid 4242\n  observer run --comm node --listen 127.0.0.1:9477 --dead-after 5\n  observer check --verify"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Attach to the kernel, watch a target process, serve /metrics and /healthz.
+    Run(RunArgs),
+    /// Print what this kernel offers and which attach method each hook would use.
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+#[group(id = "target", required = true, multiple = false)]
+pub struct TargetArgs {
+    /// PID of the server process to watch.
+    #[arg(long, value_parser = parse_pid)]
+    pub pid: Option<u32>,
+    /// Watch every process with this command name (as in /proc/PID/comm, at most 15
+    /// bytes); re-resolved at each sweep, so a restarted server is picked up.
+    #[arg(long, value_parser = parse_comm)]
+    pub comm: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct KernelArgs {
+    /// Kernel BTF to read struct layouts from.
+    #[arg(long, default_value = "/sys/kernel/btf/vmlinux", value_name = "PATH")]
+    pub btf: PathBuf,
+    /// Force one attach method for a hook, e.g. `send=tracepoint` (repeatable).
+    /// Hooks: send, close, state, timer, retransmit, sockets. Methods: fentry,
+    /// fexit, kprobe, tp_btf, raw_tracepoint, tracepoint, iter, sweep.
+    #[arg(long = "probe-method", value_name = "HOOK=METHOD", value_parser = parse_forced)]
+    pub probe_method: Vec<(Hook, Method)>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Address to serve /metrics and /healthz on.
+    #[arg(long, default_value = "0.0.0.0:9477", value_name = "ADDR:PORT", value_parser = parse_listen)]
+    pub listen: SocketAddr,
+    /// Seconds between reconciliation sweeps against the kernel's socket table.
+    #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// A socket with unacknowledged data, no ACK progress for this long and the
+    /// kernel retransmitting with backoff is a `dead_peer` zombie.
+    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = parse_threshold)]
+    pub dead_after: Duration,
+    /// A socket in CLOSE_WAIT this long (peer closed, app did not) is a `close_wait` zombie.
+    #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = parse_threshold)]
+    pub close_wait_after: Duration,
+    /// A peer advertising a zero window this long, while the kernel probes it, is `stalled`.
+    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = parse_threshold)]
+    pub stall_after: Duration,
+    /// Capacity of the kernel's table of tracked sockets (LRU beyond it; evictions are counted).
+    #[arg(long, default_value = "131072", value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
+    pub max_sockets: u32,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Also load every method's program (without attaching) to show the verifier accepts it.
+    #[arg(long)]
+    pub verify: bool,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+fn parse_pid(s: &str) -> Result<u32, String> {
+    let pid: i64 = s.trim().parse().map_err(|_| format!("`{s}` is not a PID (a positive integer)"))?;
+    if pid <= 0 || pid > i64::from(i32::MAX) {
+        return Err(format!("{pid} is not a valid PID"));
+    }
+    Ok(pid as u32)
+}
+
+fn parse_comm(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.contains('/') || s.contains('\n') {
+        return Err(format!("`{s}` is not a process name"));
+    }
+    Ok(s.to_string())
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|_| format!("`{s}` is not an address like 0.0.0.0:9477 or [::1]:9477"))
+}
+
+/// Seconds as a plain number (`5`, `0.5`) or with a unit (`500ms`, `5s`, `2m`, `1h`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60.0)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3600.0)
+    } else {
+        (t, 1.0)
+    };
+    let v: f64 = num.trim().parse().map_err(|_| format!("`{s}` is not a duration (seconds, e.g. 5 or 500ms)"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("`{s}` is not a duration: must be a non-negative number of seconds"));
+    }
+    let secs = v * scale;
+    if secs > 86_400.0 {
+        return Err(format!("`{s}` is longer than a day"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_threshold(s: &str) -> Result<Duration, String> {
+    parse_duration(s)
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(50) {
+        return Err(format!("`{s}` is too short a sweep interval (at least 0.05 s)"));
+    }
+    Ok(d)
+}
+
+fn parse_forced(s: &str) -> Result<(Hook, Method), String> {
+    let (h, m) = s.split_once('=').ok_or_else(|| format!("`{s}` is not HOOK=METHOD"))?;
+    let hook = Hook::ALL
+        .into_iter()
+        .find(|x| x.name() == h)
+        .ok_or_else(|| format!("unknown hook `{h}` (send, close, state, timer, retransmit, sockets)"))?;
+    let method = Method::parse(m).ok_or_else(|| {
+        format!("unknown method `{m}` (fentry, fexit, kprobe, tp_btf, raw_tracepoint, tracepoint, iter, sweep)")
+    })?;
+    Ok((hook, method))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        let ok = [("5", 5.0), ("0.5", 0.5), ("5s", 5.0), ("500ms", 0.5), ("2m", 120.0), (" 3 ", 3.0)];
+        for (s, secs) in ok {
+            assert_eq!(parse_duration(s), Ok(Duration::from_secs_f64(secs)), "{s}");
+        }
+        for bad in ["", "-1", "abc", "NaN", "inf", "5x", "1e9", "2d"] {
+            assert!(parse_duration(bad).is_err(), "{bad} accepted");
+        }
+        assert!(parse_interval("0").is_err());
+    }
+
+    #[test]
+    fn pids_and_forced_methods() {
+        assert_eq!(parse_pid("42"), Ok(42));
+        for bad in ["0", "-5", "x", "99999999999"] {
+            assert!(parse_pid(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_forced("send=kprobe"), Ok((Hook::Send, Method::Kprobe)));
+        assert!(parse_forced("send").is_err());
+        assert!(parse_forced("sned=kprobe").is_err());
+        assert!(parse_forced("send=uprobe").is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,176 @@
+//! `observer`: which TCP sockets of a server are dead or stalled, and how many
+//! bytes are stuck in them, next to the process's memory.
+
+mod agent;
+mod classify;
+mod cli;
+mod http;
+mod metrics;
+mod probes;
+mod sockets;
+mod target;
+
+use std::{
+    sync::{Arc, atomic::AtomicBool},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use log::info;
+
+use crate::{
+    agent::{Agent, Shared},
+    classify::Thresholds,
+    cli::{CheckArgs, Cli, Command, RunArgs},
+    metrics::{Metrics, ProbeLabel},
+    probes::{
+        loader::{self, LoadOptions},
+        plan::{self, Hook},
+    },
+    target::Selector,
+};
+
+fn main() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Check(args) => check(args),
+    };
+    if let Err(e) = result {
+        // One line: what failed and why, for a terminal or a journal.
+        eprintln!("observer: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn load_options(k: &cli::KernelArgs, max_sockets: u32) -> LoadOptions {
+    LoadOptions { btf_path: k.btf.clone(), max_sockets, forced: k.probe_method.clone() }
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    let selector = match (args.target.pid, args.target.comm) {
+        (Some(pid), _) => Selector::Pid(pid),
+        (None, Some(comm)) => Selector::Comm(comm),
+        (None, None) => bail!("give a target: --pid PID or --comm NAME"),
+    };
+    target::validate(&selector).context("target")?;
+    let thresholds = Thresholds {
+        dead_after: args.dead_after,
+        close_wait_after: args.close_wait_after,
+        stall_after: args.stall_after,
+    };
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    // Bind before loading anything, so a busy port fails fast and cleanly.
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(args.listen))
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+
+    let probes = loader::load(&load_options(&args.kernel, args.max_sockets))?;
+    let metrics = Metrics::default();
+    let registry = metrics.register();
+    for c in &probes.choices {
+        let method = c.method.map_or("none", |m| m.name());
+        metrics.probe_info.get_or_create(&ProbeLabel { hook: c.hook.name(), method }).set(1);
+        info!("hook {:<10} method {:<14} {}", c.hook.name(), method, c.target);
+        for (m, why) in &c.rejected {
+            info!("    passed over {m}: {why}");
+        }
+    }
+
+    let shared = Arc::new(Shared::default());
+    let mut agent = Agent::new(probes, selector.clone(), thresholds, metrics.clone(), shared.clone())?;
+    // The first sweep runs before serving, so the first scrape has numbers.
+    agent.sweep().context("first sweep of the kernel's sockets")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let sweeper = {
+        let (stop, interval) = (stop.clone(), args.interval);
+        std::thread::Builder::new()
+            .name("sweep".into())
+            .spawn(move || agent.run(interval, stop))
+            .context("starting the sweep thread")?
+    };
+
+    info!("watching {selector}; serving http://{}/metrics", args.listen);
+    let state = Arc::new(http::State {
+        registry,
+        metrics,
+        shared,
+        stale_after: args.interval * 3 + Duration::from_secs(5),
+    });
+    runtime.block_on(async {
+        tokio::select! {
+            _ = http::serve(listener, state) => {}
+            _ = shutdown_signal() => info!("shutting down"),
+        }
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // Dropping the agent closes every program, link and map: nothing stays attached.
+    let _ = sweeper.join();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without handlers the default action (exit) still applies.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn check(args: CheckArgs) -> Result<()> {
+    let opts = load_options(&args.kernel, 1024);
+    let btf = probes::offsets::load_btf(&opts.btf_path).ok();
+    let caps = probes::caps::detect(btf.as_ref());
+    println!("kernel capabilities:");
+    for (name, ok) in [
+        ("btf", caps.btf),
+        ("trampolines (fentry/fexit)", caps.trampolines),
+        ("kprobes", caps.kprobes),
+        ("tracefs", caps.tracefs),
+        ("iterators", caps.iterators),
+    ] {
+        println!("  {name:<28} {}", if ok { "yes" } else { "no" });
+    }
+    if args.verify {
+        println!("verifier, per method (load only, no attach):");
+        for a in plan::PLAN {
+            let verdict = match loader::verify(&opts, a) {
+                Ok(()) => "loads".to_string(),
+                Err(e) => format!("refused: {e}"),
+            };
+            println!("  {:<10} {:<14} {:<28} {verdict}", a.hook.name(), a.method.name(), a.target);
+        }
+    }
+    let probes = loader::load(&opts)?;
+    println!("attach plan on this kernel:");
+    let mut missing_required = Vec::new();
+    for hook in Hook::ALL {
+        let Some(c) = probes.choices.iter().find(|c| c.hook == hook) else { continue };
+        match c.method {
+            Some(m) => println!("  {:<10} {:<14} {}", hook.name(), m.name(), c.target),
+            None => {
+                println!("  {:<10} {:<14} ({})", hook.name(), "none", loader::describe_rejections(&c.rejected));
+                if hook.required() {
+                    missing_required.push(hook.name());
+                }
+            }
+        }
+        for (m, why) in &c.rejected {
+            println!("  {:<10}   passed over {m}: {why}", "");
+        }
+    }
+    if !missing_required.is_empty() {
+        bail!("required hooks without a working method: {}", missing_required.join(", "));
+    }
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! The Prometheus metrics the observer exports, all in one registry.
+//!
+//! Names follow Prometheus conventions: `observer_` prefix, base units in
+//! the name, counters ending in `_total`; label values come from small fixed
+//! sets (TCP states, zombie reasons, hooks and methods), never from sockets.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::{Registry, Unit},
+};
+
+use crate::{
+    classify::{StallReason, ZombieReason},
+    sockets::table::Summary,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabel {
+    pub hook: &'static str,
+    pub method: &'static str,
+}
+
+/// TCP state names as exported, indexed by the kernel's state number.
+pub const STATES: [(u8, &str); 11] = [
+    (1, "established"),
+    (2, "syn_sent"),
+    (3, "syn_recv"),
+    (4, "fin_wait1"),
+    (5, "fin_wait2"),
+    (6, "time_wait"),
+    (7, "close"),
+    (8, "close_wait"),
+    (9, "last_ack"),
+    (10, "listen"),
+    (11, "closing"),
+];
+
+pub fn state_name(state: u8) -> &'static str {
+    STATES.iter().find(|(n, _)| *n == state).map_or("unknown", |(_, s)| s)
+}
+
+/// Event counters the kernel keeps per process, as exported.
+#[derive(Clone, Default)]
+pub struct EventCounters {
+    pub retransmits: Counter,
+    pub rto_timeouts: Counter,
+    pub zero_window_probes: Counter,
+    pub loss_probes: Counter,
+    pub opened: Counter,
+    pub closed: Counter,
+}
+
+#[derive(Clone, Default)]
+pub struct Metrics {
+    pub target_up: Gauge,
+    pub target_processes: Gauge,
+    pub target_rss: Gauge,
+    pub target_rss_anon: Gauge,
+    pub tcp_sockets: Family<StateLabel, Gauge>,
+    pub zombie_sockets: Family<ReasonLabel, Gauge>,
+    pub stalled_sockets: Family<ReasonLabel, Gauge>,
+    pub unsent: Gauge,
+    pub unacked: Gauge,
+    pub send_queue: Gauge,
+    pub zombie_queued: Family<ReasonLabel, Gauge>,
+    pub events: EventCounters,
+    pub tracked_sockets: Gauge,
+    pub events_dropped: Family<ReasonLabel, Counter>,
+    pub probe_info: Family<ProbeLabel, Gauge>,
+    pub sweeps: Counter,
+    pub sweep_errors: Counter,
+    pub sweep_duration: Gauge<f64, AtomicU64>,
+}
+
+/// Reasons of `observer_events_dropped_total`, kernel side first (indexed
+/// like `observer_common::drop_reason`), then the agent's own.
+pub const DROP_REASONS: [&str; 5] =
+    ["socket_map_full", "counter_map_full", "kernel_read_failed", "iterator_write_failed", "socket_map_evicted"];
+pub const DROP_EVICTED: usize = 4;
+
+impl Metrics {
+    pub fn register(&self) -> Registry {
+        let mut r = Registry::with_prefix("observer");
+        r.register("target_up", "1 while at least one target process exists", self.target_up.clone());
+        r.register("target_processes", "Number of processes matched by the target selector", self.target_processes.clone());
+        r.register_with_unit("target_rss", "Resident memory of the target (VmRSS), sampled at scrape time", Unit::Bytes, self.target_rss.clone());
+        r.register_with_unit("target_rss_anon", "Anonymous resident memory of the target (RssAnon: heap and buffers), sampled at scrape time", Unit::Bytes, self.target_rss_anon.clone());
+        r.register("tcp_sockets", "Target TCP sockets by state, orphans the target closed included", self.tcp_sockets.clone());
+        r.register("zombie_sockets", "Target sockets that will never make progress: dead_peer, close_wait, orphaned", self.zombie_sockets.clone());
+        r.register("stalled_sockets", "Target sockets whose live peer reads too slowly (zero window)", self.stalled_sockets.clone());
+        r.register_with_unit("unsent", "Bytes written by the target that the kernel has not sent yet, over all its sockets", Unit::Bytes, self.unsent.clone());
+        r.register_with_unit("unacked", "Bytes sent but not acknowledged by the peer, over all target sockets", Unit::Bytes, self.unacked.clone());
+        r.register_with_unit("send_queue", "Unsent plus unacked bytes (ss Send-Q), over all target sockets", Unit::Bytes, self.send_queue.clone());
+        r.register_with_unit("zombie_queued", "Send-queue bytes held in zombie and stalled sockets, by reason", Unit::Bytes, self.zombie_queued.clone());
+        r.register("retransmits", "Segments retransmitted on target sockets", self.events.retransmits.clone());
+        r.register("rto_timeouts", "Retransmission timeouts (RTO) on target sockets", self.events.rto_timeouts.clone());
+        r.register("zero_window_probes", "Zero-window (persist timer) probes sent on target sockets", self.events.zero_window_probes.clone());
+        r.register("loss_probes", "Tail-loss probes sent on target sockets", self.events.loss_probes.clone());
+        r.register("connections_opened", "Target connections seen becoming established", self.events.opened.clone());
+        r.register("connections_closed", "Target connections seen opening, then closing", self.events.closed.clone());
+        r.register("tracked_sockets", "Sockets in the observer's table (all targets)", self.tracked_sockets.clone());
+        r.register("events_dropped", "Events or sockets the observer could not account for, by reason", self.events_dropped.clone());
+        r.register("probe_info", "Attach method each hook uses on this kernel (value 1)", self.probe_info.clone());
+        r.register("sweeps", "Reconciliation sweeps against the kernel's socket table", self.sweeps.clone());
+        r.register("sweep_errors", "Sweeps that failed", self.sweep_errors.clone());
+        r.register_with_unit("sweep_duration", "Duration of the last sweep", Unit::Seconds, self.sweep_duration.clone());
+        // Every label value exists from the start, so alerts and dashboards
+        // see a 0 rather than no series.
+        for (_, s) in STATES {
+            let _ = self.tcp_sockets.get_or_create(&StateLabel { state: s });
+        }
+        for r in ZombieReason::ALL {
+            let _ = self.zombie_sockets.get_or_create(&ReasonLabel { reason: r.label() });
+            let _ = self.zombie_queued.get_or_create(&ReasonLabel { reason: r.label() });
+        }
+        for r in StallReason::ALL {
+            let _ = self.stalled_sockets.get_or_create(&ReasonLabel { reason: r.label() });
+            let _ = self.zombie_queued.get_or_create(&ReasonLabel { reason: r.label() });
+        }
+        for reason in DROP_REASONS {
+            let _ = self.events_dropped.get_or_create(&ReasonLabel { reason });
+        }
+        r
+    }
+
+    /// Publishes one sweep's summary.
+    pub fn publish(&self, s: &Summary) {
+        for (n, name) in STATES {
+            let v = s.by_state.get(&n).copied().unwrap_or(0);
+            self.tcp_sockets.get_or_create(&StateLabel { state: name }).set(v as i64);
+        }
+        for r in ZombieReason::ALL {
+            let label = ReasonLabel { reason: r.label() };
+            self.zombie_sockets.get_or_create(&label).set(*s.zombies.get(&r).unwrap_or(&0) as i64);
+            self.zombie_queued.get_or_create(&label).set(*s.zombie_bytes.get(&r).unwrap_or(&0) as i64);
+        }
+        for r in StallReason::ALL {
+            let label = ReasonLabel { reason: r.label() };
+            self.stalled_sockets.get_or_create(&label).set(*s.stalled.get(&r).unwrap_or(&0) as i64);
+            self.zombie_queued.get_or_create(&label).set(*s.stalled_bytes.get(&r).unwrap_or(&0) as i64);
+        }
+        self.unsent.set(s.unsent as i64);
+        self.unacked.set(s.unacked as i64);
+        self.send_queue.set((s.unsent + s.unacked) as i64);
+        self.tracked_sockets.set(s.tracked as i64);
+    }
+
+    pub fn add_dropped(&self, reason_index: usize, n: u64) {
+        if n > 0
+            && let Some(reason) = DROP_REASONS.get(reason_index)
+        {
+            self.events_dropped.get_or_create(&ReasonLabel { reason }).inc_by(n);
+        }
+    }
+}
+
+pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::with_capacity(8 * 1024);
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_conventions() {
+        let m = Metrics::default();
+        let r = m.register();
+        let text = encode(&r).expect("encodes");
+        for name in [
+            "observer_target_rss_bytes",
+            "observer_target_up",
+            "observer_tcp_sockets{state=\"close_wait\"}",
+            "observer_zombie_sockets{reason=\"dead_peer\"}",
+            "observer_zombie_sockets{reason=\"orphaned\"}",
+            "observer_stalled_sockets{reason=\"zero_window\"}",
+            "observer_unsent_bytes",
+            "observer_unacked_bytes",
+            "observer_send_queue_bytes",
+            "observer_zombie_queued_bytes{reason=\"close_wait\"}",
+            "observer_retransmits_total",
+            "observer_rto_timeouts_total",
+            "observer_zero_window_probes_total",
+            "observer_connections_opened_total",
+            "observer_connections_closed_total",
+            "observer_tracked_sockets",
+            "observer_events_dropped_total{reason=\"socket_map_full\"}",
+            "observer_sweep_duration_seconds",
+        ] {
+            assert!(text.contains(&format!("\n{name} ")), "missing {name} in\n{text}");
+        }
+    }
+
+    #[test]
+    fn publish_sets_sums_and_send_queue() {
+        let m = Metrics::default();
+        let r = m.register();
+        let mut s = Summary { unsent: 10, unacked: 5, tracked: 3, ..Default::default() };
+        s.by_state.insert(8, 2);
+        s.zombies.insert(ZombieReason::CloseWait, 2);
+        m.publish(&s);
+        let text = encode(&r).expect("encodes");
+        assert!(text.contains("\nobserver_send_queue_bytes 15\n"));
+        assert!(text.contains("\nobserver_tcp_sockets{state=\"close_wait\"} 2\n"));
+        assert!(text.contains("\nobserver_zombie_sockets{reason=\"close_wait\"} 2\n"));
+        assert!(text.contains("\nobserver_zombie_sockets{reason=\"dead_peer\"} 0\n"));
+    }
+}

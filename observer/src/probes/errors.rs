@@ -1,0 +1,51 @@
+//! Errors of loading and attaching, with the causes an operator can act on.
+
+use super::plan::Hook;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "missing privileges: loading eBPF programs needs root or CAP_BPF + CAP_PERFMON \
+         (+ CAP_SYS_ADMIN on kernels before 5.8): {0}"
+    )]
+    Permission(String),
+    #[error(transparent)]
+    Offsets(#[from] super::offsets::OffsetError),
+    #[error("loading the eBPF object failed: {0}")]
+    Object(String),
+    #[error("no attach method works for required hook `{hook}`: {tried}")]
+    RequiredHook { hook: Hook, tried: String },
+    #[error("eBPF map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("eBPF map {name}: {reason}")]
+    Map { name: &'static str, reason: String },
+}
+
+/// Whether an aya error was, at its root, the kernel refusing permission.
+pub fn is_permission_denied(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+        {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// The error and its causes on one line.
+pub fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut cur = err.source();
+    while let Some(e) = cur {
+        let s = e.to_string();
+        if !out.contains(&s) {
+            out.push_str(": ");
+            out.push_str(&s);
+        }
+        cur = e.source();
+    }
+    out
+}

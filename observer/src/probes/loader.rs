@@ -1,0 +1,286 @@
+//! Loads the eBPF object and attaches every hook with the best method the
+//! running kernel accepts, walking `plan::PLAN` in order.
+
+use std::path::PathBuf;
+
+use aya::{
+    Btf as AyaBtf, Ebpf, EbpfLoader, Endianness,
+    programs::{BtfTracePoint, FEntry, FExit, Iter, KProbe, Program, RawTracePoint, TracePoint},
+};
+use observer_common::Offsets;
+
+use super::{
+    caps,
+    errors::{ProbeError, chain, is_permission_denied},
+    kallsyms, offsets,
+    plan::{self, Attach, Capabilities, Hook, Method},
+    tracefs,
+};
+
+/// The object built by `build.rs` from `observer-ebpf`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
+
+pub const ITER_PROGRAM: &str = "observer_sockets";
+
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    pub btf_path: PathBuf,
+    pub max_sockets: u32,
+    /// Operator's choice per hook; only that method is tried.
+    pub forced: Vec<(Hook, Method)>,
+}
+
+/// Which method a hook ended up with, and why the better ones were passed over.
+#[derive(Clone, Debug)]
+pub struct Choice {
+    pub hook: Hook,
+    pub method: Option<Method>,
+    pub target: &'static str,
+    pub rejected: Vec<(Method, String)>,
+}
+
+pub struct Probes {
+    pub ebpf: Ebpf,
+    pub caps: Capabilities,
+    pub choices: Vec<Choice>,
+}
+
+/// Offsets from BTF, plus the tracefs record layouts and the timer function
+/// address where this kernel offers them (methods needing them fail to
+/// attach otherwise, which the plan handles like any other refusal).
+fn kernel_offsets(btf: &btf_rs::Btf, caps: &Capabilities) -> Result<Offsets, ProbeError> {
+    let mut o = offsets::resolve(btf)?;
+    if caps.tracefs {
+        let field = |cat: &str, ev: &str, name: &str| -> u32 {
+            tracefs::read_format(cat, ev)
+                .ok()
+                .and_then(|fields| tracefs::field_offset(&fields, name).ok())
+                .unwrap_or(0)
+        };
+        o.tp_state_skaddr = field("sock", "inet_sock_set_state", "skaddr");
+        o.tp_state_oldstate = field("sock", "inet_sock_set_state", "oldstate");
+        o.tp_state_newstate = field("sock", "inet_sock_set_state", "newstate");
+        o.tp_send_sk = field("sock", "sock_send_length", "sk");
+        o.tp_retransmit_skaddr = field("tcp", "tcp_retransmit_skb", "skaddr");
+    }
+    o.tcp_write_timer = match kallsyms::lookup("tcp_write_timer") {
+        Ok(addr) => addr,
+        Err(e) => {
+            log::warn!("timer hook via timer_expire_entry unavailable: {e}");
+            0
+        }
+    };
+    Ok(o)
+}
+
+pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
+    let btf = offsets::load_btf(&opts.btf_path)?;
+    let caps = caps::detect(Some(&btf));
+    let offsets = kernel_offsets(&btf, &caps)?;
+    let aya_btf = AyaBtf::parse_file(&opts.btf_path, Endianness::default())
+        .map_err(|e| ProbeError::Object(format!("parsing {}: {e}", opts.btf_path.display())))?;
+
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&aya_btf))
+        .override_global("OFFSETS", &offsets, true)
+        .map_max_entries("SOCKS", opts.max_sockets)
+        .load(OBJECT)
+        .map_err(|e| {
+            if is_permission_denied(&e) {
+                ProbeError::Permission(chain(&e))
+            } else {
+                ProbeError::Object(chain(&e))
+            }
+        })?;
+
+    // The iterator first: the `sweep` fallback of other hooks relies on it.
+    let order = [Hook::Sockets, Hook::State, Hook::Send, Hook::Close, Hook::Timer, Hook::Retransmit];
+    let mut choices = Vec::new();
+    let mut iter_ok = false;
+    for hook in order {
+        let forced = opts.forced.iter().find(|(h, _)| *h == hook).map(|(_, m)| *m);
+        let mut choice = Choice { hook, method: None, target: "", rejected: Vec::new() };
+        // Methods the kernel plainly lacks are reported, not tried.
+        for attach in plan::methods(hook).filter(|a| forced.is_none_or(|m| m == a.method)) {
+            if let Some(need) = caps.missing(attach.method) {
+                choice.rejected.push((attach.method, format!("kernel lacks {}", need.name())));
+            }
+        }
+        for attach in plan::candidates(hook, &caps, forced) {
+            let result = if attach.method == Method::Sweep {
+                if iter_ok { Ok(()) } else { Err("the socket iterator is not loaded".to_string()) }
+            } else {
+                try_attach(&mut ebpf, attach, &aya_btf, &offsets)
+            };
+            match result {
+                Ok(()) => {
+                    iter_ok |= attach.method == Method::Iter;
+                    choice.method = Some(attach.method);
+                    choice.target = attach.target;
+                    break;
+                }
+                Err(why) => {
+                    if why.contains("Operation not permitted") && attach.method == Method::Iter {
+                        return Err(ProbeError::Permission(why));
+                    }
+                    choice.rejected.push((attach.method, why));
+                }
+            }
+        }
+        if choice.method.is_none() && hook.required() {
+            let tried = if choice.rejected.is_empty() {
+                format!("the forced method {} does not exist for this hook", forced.map(Method::name).unwrap_or("-"))
+            } else {
+                describe_rejections(&choice.rejected)
+            };
+            return Err(ProbeError::RequiredHook { hook, tried });
+        }
+        if let (Some(m), None) = (forced, choice.method) {
+            // An operator who forced a method must hear that it failed even
+            // for an optional hook.
+            let tried = describe_rejections(&choice.rejected);
+            return Err(ProbeError::RequiredHook {
+                hook,
+                tried: if tried.is_empty() { format!("{m} is not a method of this hook") } else { tried },
+            });
+        }
+        choices.push(choice);
+    }
+    choices.sort_by_key(|c| c.hook);
+    Ok(Probes { ebpf, caps, choices })
+}
+
+pub fn describe_rejections(rejected: &[(Method, String)]) -> String {
+    rejected.iter().map(|(m, why)| format!("{m}: {why}")).collect::<Vec<_>>().join("; ")
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Program, String> {
+    ebpf.program_mut(name).ok_or_else(|| format!("program {name} missing from the object"))
+}
+
+fn err<E: std::error::Error + 'static>(e: E) -> String {
+    chain(&e)
+}
+
+/// Loads and attaches one method. On failure the program is unloaded again
+/// so a refused method leaves nothing behind.
+fn try_attach(ebpf: &mut Ebpf, a: &Attach, btf: &AyaBtf, offsets: &Offsets) -> Result<(), String> {
+    if a.hook == Hook::Timer && a.method == Method::TpBtf && offsets.tcp_write_timer == 0 {
+        return Err("address of tcp_write_timer not readable in /proc/kallsyms".into());
+    }
+    if a.method == Method::Tracepoint {
+        let needed = match a.hook {
+            Hook::Send => offsets.tp_send_sk,
+            Hook::State => offsets.tp_state_newstate,
+            Hook::Retransmit => offsets.tp_retransmit_skaddr,
+            _ => 1,
+        };
+        if needed == 0 {
+            return Err(format!("tracepoint {} has no readable format", a.target));
+        }
+    }
+    load_and_attach(program(ebpf, a.program)?, a, btf)
+}
+
+/// Attaches a loaded program, unloading it again if the attach fails.
+macro_rules! attach_or_unload {
+    ($p:expr, $attach:expr) => {
+        if let Err(e) = $attach {
+            let _ = $p.unload();
+            return Err(err(e));
+        }
+    };
+}
+
+fn load_and_attach(prog: &mut Program, a: &Attach, btf: &AyaBtf) -> Result<(), String> {
+    match a.method {
+        Method::Fentry => {
+            let p: &mut FEntry = prog.try_into().map_err(err)?;
+            p.load(a.target, btf).map_err(err)?;
+            attach_or_unload!(p, p.attach());
+        }
+        Method::Fexit => {
+            let p: &mut FExit = prog.try_into().map_err(err)?;
+            p.load(a.target, btf).map_err(err)?;
+            attach_or_unload!(p, p.attach());
+        }
+        Method::Kprobe => {
+            let p: &mut KProbe = prog.try_into().map_err(err)?;
+            p.load().map_err(err)?;
+            attach_or_unload!(p, p.attach(a.target, 0));
+        }
+        Method::TpBtf => {
+            let p: &mut BtfTracePoint = prog.try_into().map_err(err)?;
+            p.load(a.target, btf).map_err(err)?;
+            attach_or_unload!(p, p.attach());
+        }
+        Method::RawTracepoint => {
+            let p: &mut RawTracePoint = prog.try_into().map_err(err)?;
+            p.load().map_err(err)?;
+            attach_or_unload!(p, p.attach(a.target));
+        }
+        Method::Tracepoint => {
+            let (category, name) = a.target.split_once('/').ok_or("bad tracepoint name")?;
+            let p: &mut TracePoint = prog.try_into().map_err(err)?;
+            p.load().map_err(err)?;
+            attach_or_unload!(p, p.attach(category, name));
+        }
+        Method::Iter => {
+            // Attached afresh at every sweep, in the target's network namespace.
+            let p: &mut Iter = prog.try_into().map_err(err)?;
+            p.load(a.target, btf).map_err(err)?;
+        }
+        Method::Sweep => {}
+    }
+    Ok(())
+}
+
+/// Whether the verifier accepts a method's program, without attaching it:
+/// how `observer check --verify` shows that methods this kernel will not
+/// attach (kprobes here) are at least valid programs.
+pub fn verify(opts: &LoadOptions, a: &Attach) -> Result<(), String> {
+    if a.method == Method::Sweep {
+        return Ok(());
+    }
+    let btf = offsets::load_btf(&opts.btf_path).map_err(|e| e.to_string())?;
+    let caps = caps::detect(Some(&btf));
+    let offsets = kernel_offsets(&btf, &caps).map_err(|e| e.to_string())?;
+    let aya_btf = AyaBtf::parse_file(&opts.btf_path, Endianness::default()).map_err(err)?;
+    let mut ebpf = EbpfLoader::new()
+        .btf(Some(&aya_btf))
+        .override_global("OFFSETS", &offsets, true)
+        .load(OBJECT)
+        .map_err(err)?;
+    let prog = program(&mut ebpf, a.program)?;
+    match a.method {
+        Method::Fentry => {
+            let p: &mut FEntry = prog.try_into().map_err(err)?;
+            p.load(a.target, &aya_btf).map_err(err)
+        }
+        Method::Fexit => {
+            let p: &mut FExit = prog.try_into().map_err(err)?;
+            p.load(a.target, &aya_btf).map_err(err)
+        }
+        Method::Kprobe => {
+            let p: &mut KProbe = prog.try_into().map_err(err)?;
+            p.load().map_err(err)
+        }
+        Method::TpBtf => {
+            let p: &mut BtfTracePoint = prog.try_into().map_err(err)?;
+            p.load(a.target, &aya_btf).map_err(err)
+        }
+        Method::RawTracepoint => {
+            let p: &mut RawTracePoint = prog.try_into().map_err(err)?;
+            p.load().map_err(err)
+        }
+        Method::Tracepoint => {
+            let p: &mut TracePoint = prog.try_into().map_err(err)?;
+            p.load().map_err(err)
+        }
+        Method::Iter => {
+            let p: &mut Iter = prog.try_into().map_err(err)?;
+            p.load(a.target, &aya_btf).map_err(err)
+        }
+        Method::Sweep => Ok(()),
+    }
+}

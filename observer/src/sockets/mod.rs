@@ -1,0 +1,4 @@
+//! The target's sockets: reading the kernel's view and keeping the table.
+
+pub mod iter;
+pub mod table;

@@ -1,0 +1,296 @@
+//! The agent's view of the target's sockets, rebuilt at every sweep from the
+//! iterator's records (the kernel's truth) and the probes' event state.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use observer_common::{SockRecord, tcp_state};
+
+use crate::classify::{self, Class, Observed, StallReason, Thresholds, ZombieReason};
+
+/// One socket of a target, with the times the agent keeps for it.
+#[derive(Clone, Debug)]
+pub struct Tracked {
+    pub owner: u32,
+    pub record: SockRecord,
+    pub class: Class,
+    /// CLOCK_MONOTONIC ns.
+    pub progress_at: u64,
+    pub close_wait_at: Option<u64>,
+    pub zero_window_at: Option<u64>,
+    /// The kernel map holds (or was asked to hold) this socket.
+    pub kernel_tracked: bool,
+}
+
+impl Tracked {
+    pub fn unsent(&self) -> u32 {
+        self.record.write_seq.wrapping_sub(self.record.snd_nxt)
+    }
+    pub fn unacked(&self) -> u32 {
+        self.record.snd_nxt.wrapping_sub(self.record.snd_una)
+    }
+    pub fn is_listener(&self) -> bool {
+        self.record.state == tcp_state::LISTEN
+    }
+    pub fn orphan(&self) -> bool {
+        self.record.inode == 0
+    }
+}
+
+/// What the sweep wants the kernel side to learn.
+#[derive(Debug, Default)]
+pub struct SweepActions {
+    /// Target sockets the probes do not know yet: (sk, owner, snd_una).
+    pub track: Vec<(u64, u32, u32)>,
+    /// (netns, port) -> owner of every listening socket of the targets.
+    pub listen_ports: HashMap<(u32, u16), u32>,
+    /// Sockets the kernel map lost (LRU eviction) though they still exist.
+    pub evicted: u64,
+}
+
+#[derive(Default)]
+pub struct SocketTable {
+    socks: HashMap<u64, Tracked>,
+}
+
+/// Aggregates over the table for one set of owners.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub by_state: BTreeMap<u8, u64>,
+    pub zombies: BTreeMap<ZombieReason, u64>,
+    pub zombie_bytes: BTreeMap<ZombieReason, u64>,
+    pub stalled: BTreeMap<StallReason, u64>,
+    pub stalled_bytes: BTreeMap<StallReason, u64>,
+    pub unsent: u64,
+    pub unacked: u64,
+    pub tracked: u64,
+}
+
+impl SocketTable {
+    pub fn len(&self) -> usize {
+        self.socks.len()
+    }
+
+    pub fn sockets(&self) -> impl Iterator<Item = &Tracked> {
+        self.socks.values()
+    }
+
+    /// Replaces the table with the target sockets among `records`.
+    /// `inode_owner` maps the socket inodes of every target to its PID;
+    /// `targets` are the PIDs being watched.
+    pub fn sweep(
+        &mut self,
+        now: u64,
+        records: &[SockRecord],
+        inode_owner: &HashMap<u64, u32>,
+        targets: &HashSet<u32>,
+        thresholds: &Thresholds,
+    ) -> SweepActions {
+        let mut actions = SweepActions::default();
+        let mut next = HashMap::with_capacity(self.socks.len());
+        for rec in records {
+            let prev = self.socks.get(&rec.sk);
+            let owner = if rec.inode != 0 {
+                inode_owner.get(&rec.inode).copied()
+            } else if rec.has_events != 0 && targets.contains(&rec.events.owner_tgid) {
+                Some(rec.events.owner_tgid)
+            } else {
+                prev.map(|p| p.owner).filter(|o| targets.contains(o))
+            };
+            let Some(owner) = owner else { continue };
+            let t = update(prev, owner, rec, now, thresholds);
+            if t.is_listener() {
+                actions.listen_ports.insert((rec.netns, rec.sport), owner);
+            }
+            if rec.has_events == 0 {
+                if prev.is_some_and(|p| p.kernel_tracked && p.record.has_events != 0) {
+                    actions.evicted += 1;
+                }
+                if !t.is_listener() {
+                    actions.track.push((rec.sk, owner, rec.snd_una));
+                }
+            }
+            next.insert(rec.sk, t);
+        }
+        self.socks = next;
+        actions
+    }
+
+    pub fn mark_kernel_tracked(&mut self, sk: u64) {
+        if let Some(t) = self.socks.get_mut(&sk) {
+            t.kernel_tracked = true;
+        }
+    }
+
+    /// Summary over the sockets owned by any PID in `owners` (all if None).
+    pub fn summary(&self, owners: Option<&HashSet<u32>>) -> Summary {
+        let mut s = Summary::default();
+        for t in self.socks.values().filter(|t| owners.is_none_or(|o| o.contains(&t.owner))) {
+            s.tracked += 1;
+            *s.by_state.entry(t.record.state).or_default() += 1;
+            if t.is_listener() {
+                continue;
+            }
+            let (unsent, unacked) = (t.unsent() as u64, t.unacked() as u64);
+            s.unsent += unsent;
+            s.unacked += unacked;
+            match t.class {
+                Class::Zombie(r) => {
+                    *s.zombies.entry(r).or_default() += 1;
+                    *s.zombie_bytes.entry(r).or_default() += unsent + unacked;
+                }
+                Class::Stalled(r) => {
+                    *s.stalled.entry(r).or_default() += 1;
+                    *s.stalled_bytes.entry(r).or_default() += unsent + unacked;
+                }
+                Class::Healthy => {}
+            }
+        }
+        s
+    }
+}
+
+fn earliest(a: Option<u64>, b: u64) -> u64 {
+    match a {
+        Some(a) if a != 0 => a.min(b),
+        _ => b,
+    }
+}
+
+/// One socket's next state from its previous one and a fresh record.
+fn update(prev: Option<&Tracked>, owner: u32, rec: &SockRecord, now: u64, th: &Thresholds) -> Tracked {
+    let ev = (rec.has_events != 0).then_some(&rec.events);
+    let unacked = rec.snd_nxt.wrapping_sub(rec.snd_una);
+    let unsent = rec.write_seq.wrapping_sub(rec.snd_nxt);
+
+    let mut progress_at = match prev {
+        Some(p) if p.record.snd_una == rec.snd_una && unacked != 0 => p.progress_at,
+        Some(_) => now,
+        // First sight: trust the probes if they saw it, else start the clock now.
+        None => ev.map_or(now, |e| if e.last_progress_ns != 0 { e.last_progress_ns } else { now }),
+    };
+    if let Some(e) = ev {
+        progress_at = progress_at.max(e.last_progress_ns);
+    }
+    if unacked == 0 {
+        progress_at = now;
+    }
+
+    let close_wait_at = (rec.state == tcp_state::CLOSE_WAIT).then(|| {
+        let seen = prev.and_then(|p| p.close_wait_at).unwrap_or(now);
+        match ev {
+            Some(e) if e.close_wait_since_ns != 0 => e.close_wait_since_ns.min(seen),
+            _ => seen,
+        }
+    });
+    let zero_window_at = (rec.snd_wnd == 0 && unsent > 0).then(|| {
+        let seen = prev.and_then(|p| p.zero_window_at).unwrap_or(now);
+        earliest(ev.map(|e| e.zero_window_since_ns), seen)
+    });
+
+    let since = |at: u64| std::time::Duration::from_nanos(now.saturating_sub(at));
+    let observed = Observed {
+        state: rec.state,
+        orphan: rec.inode == 0,
+        unsent,
+        unacked,
+        retransmits: rec.retransmits,
+        backoff: rec.backoff,
+        pending: rec.pending,
+        probes_out: rec.probes_out,
+        snd_wnd: rec.snd_wnd,
+        no_progress_for: since(progress_at),
+        close_wait_for: close_wait_at.map(since),
+        zero_window_for: zero_window_at.map(since),
+    };
+    Tracked {
+        owner,
+        record: *rec,
+        class: classify::classify(&observed, th),
+        progress_at,
+        close_wait_at,
+        zero_window_at,
+        kernel_tracked: rec.has_events != 0 || prev.is_some_and(|p| p.kernel_tracked),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn rec(sk: u64, inode: u64, state: u8) -> SockRecord {
+        SockRecord { sk, inode, state, snd_wnd: 65535, ..Default::default() }
+    }
+
+    fn owners(pairs: &[(u64, u32)]) -> HashMap<u64, u32> {
+        pairs.iter().copied().collect()
+    }
+
+    #[test]
+    fn keeps_only_target_sockets_and_attributes_orphans_through_history() {
+        let mut table = SocketTable::default();
+        let targets = HashSet::from([100]);
+        let th = Thresholds::default();
+        let mine = rec(1, 11, tcp_state::ESTABLISHED);
+        let other = rec(2, 22, tcp_state::ESTABLISHED);
+        let actions = table.sweep(SEC, &[mine, other], &owners(&[(11, 100)]), &targets, &th);
+        assert_eq!(table.len(), 1);
+        assert_eq!(actions.track, vec![(1, 100, 0)]);
+        // The app closes it: no inode any more, data still queued.
+        let orphan = SockRecord { inode: 0, state: tcp_state::FIN_WAIT1, snd_nxt: 500, write_seq: 501, ..mine };
+        table.sweep(2 * SEC, &[orphan], &owners(&[]), &targets, &th);
+        let t = table.sockets().next().expect("orphan still attributed");
+        assert_eq!(t.class, Class::Zombie(ZombieReason::Orphaned));
+        // Destroyed: gone from the iterator, gone from the table.
+        table.sweep(3 * SEC, &[], &owners(&[]), &targets, &th);
+        assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn dead_peer_after_no_progress() {
+        let mut table = SocketTable::default();
+        let targets = HashSet::from([7]);
+        let th = Thresholds { dead_after: std::time::Duration::from_secs(5), ..Default::default() };
+        let inodes = owners(&[(9, 7)]);
+        let mut r = SockRecord { snd_una: 1000, snd_nxt: 9000, write_seq: 20000, retransmits: 3, backoff: 3, ..rec(5, 9, tcp_state::ESTABLISHED) };
+        table.sweep(SEC, &[r], &inodes, &targets, &th);
+        table.sweep(4 * SEC, &[r], &inodes, &targets, &th);
+        assert_eq!(table.summary(None).zombies.get(&ZombieReason::DeadPeer), None);
+        table.sweep(7 * SEC, &[r], &inodes, &targets, &th);
+        let s = table.summary(None);
+        assert_eq!(s.zombies.get(&ZombieReason::DeadPeer), Some(&1));
+        assert_eq!(s.zombie_bytes.get(&ZombieReason::DeadPeer), Some(&19000));
+        assert_eq!((s.unsent, s.unacked), (11000, 8000));
+        // An ACK arrives: progress resets the clock.
+        r.snd_una = 2000;
+        table.sweep(8 * SEC, &[r], &inodes, &targets, &th);
+        assert_eq!(table.summary(None).zombies.get(&ZombieReason::DeadPeer), None);
+    }
+
+    #[test]
+    fn eviction_from_the_kernel_map_is_noticed() {
+        let mut table = SocketTable::default();
+        let targets = HashSet::from([7]);
+        let th = Thresholds::default();
+        let inodes = owners(&[(9, 7)]);
+        let tracked = SockRecord { has_events: 1, ..rec(5, 9, tcp_state::ESTABLISHED) };
+        assert_eq!(table.sweep(SEC, &[tracked], &inodes, &targets, &th).evicted, 0);
+        let lost = SockRecord { has_events: 0, ..tracked };
+        let actions = table.sweep(2 * SEC, &[lost], &inodes, &targets, &th);
+        assert_eq!(actions.evicted, 1);
+        assert_eq!(actions.track.len(), 1, "re-tracked");
+    }
+
+    #[test]
+    fn listeners_register_ports_and_carry_no_bytes() {
+        let mut table = SocketTable::default();
+        let targets = HashSet::from([7]);
+        let l = SockRecord { netns: 4026531840, sport: 8080, write_seq: 5, ..rec(1, 3, tcp_state::LISTEN) };
+        let a = table.sweep(SEC, &[l], &owners(&[(3, 7)]), &targets, &Thresholds::default());
+        assert_eq!(a.listen_ports.get(&(4026531840, 8080)), Some(&7));
+        assert!(a.track.is_empty());
+        let s = table.summary(None);
+        assert_eq!((s.tracked, s.unsent), (1, 0));
+    }
+}
