@@ -1,1 +1,69 @@
-fn main(){}
+//! Project tasks: `cargo xtask setup | build | demo | test | check`.
+//!
+//! Every task installs what it is missing first (idempotently), so a fresh
+//! machine needs nothing but cargo.
+
+mod demo;
+mod setup;
+mod sh;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, demo and test tasks for observer")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install the toolchain pieces the eBPF build and the tests need (idempotent).
+    Setup,
+    /// Build the agent (and with it the eBPF programs) in release mode.
+    Build,
+    /// Run the observer on the built-in demo target: a server with healthy,
+    /// slow, vanishing, half-closed and orphaning clients in network namespaces.
+    Demo(demo::DemoArgs),
+    /// Run every test: unit tests, then the integration tests against this kernel.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result: Result<()> = match cli.task {
+        Task::Setup => setup::ensure(),
+        Task::Build => setup::ensure().and_then(|()| build(true)),
+        Task::Demo(args) => setup::ensure().and_then(|()| build(true)).and_then(|()| demo::run(&args)),
+        Task::Test { args } => setup::ensure().and_then(|()| test(&args)),
+    };
+    if let Err(e) = result {
+        eprintln!("xtask: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn build(release: bool) -> Result<()> {
+    let mut args = vec!["build", "--package", "observer", "--bins"];
+    if release {
+        args.push("--release");
+    }
+    sh::run("cargo", &args)
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    // Integration tests share the kernel and namespaces: one at a time.
+    let mut args: Vec<String> = ["test", "--workspace", "--exclude", "observer-ebpf"].map(String::from).to_vec();
+    args.extend(extra.iter().cloned());
+    if !extra.iter().any(|a| a == "--") {
+        args.push("--".into());
+    }
+    args.push("--test-threads=1".into());
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    sh::run("cargo", &refs)
+}
