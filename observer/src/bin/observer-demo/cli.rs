@@ -1,0 +1,145 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::role::Role;
+
+/// Demo target for `observer`: a WebSocket-like TCP server with misbehaving
+/// clients, so there are real zombie and stalled sockets to find.
+#[derive(Parser, Debug)]
+#[command(name = "observer-demo", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the WebSocket-like server (the process observer watches).
+    ///
+    /// Reads `ROLE <name>` from each client, queues a burst, then (with
+    /// --interval-ms) a periodic stream, all through a per-connection user-space
+    /// queue drained by a writer thread, so slow peers grow the server's RSS.
+    /// Closes a peer's socket on EOF, except `halfclose` peers, whose fd is kept
+    /// forever (CLOSE_WAIT). Closes `orphan` peers --orphan-close-after-ms after
+    /// accept whatever is still queued (FIN_WAIT1 orphan if the peer vanished).
+    /// Prints `LISTENING <addr> pid=<pid>` on stdout once ready.
+    Server(ServerArgs),
+    /// Run N clients of one role against a server.
+    ///
+    /// Sends `ROLE <role>` on every connection, then behaves as the role says.
+    /// Prints `LOCAL <addr>` per connection, then `CONNECTED <n>` on stdout;
+    /// exits after --hold-secs or on SIGTERM/SIGINT.
+    Client(ClientArgs),
+    /// Run the whole scenario (server + clients) in network namespaces. Needs root.
+    ///
+    /// Creates `<PREFIX>-<pid>-srv` (tcp_retries2=8) and one namespace per role
+    /// with clients, each joined to the server by a veth pair on 198.18.<k>.0/30
+    /// (tcp_rmem capped in the `slow` one), starts the server and the clients as
+    /// separate processes, then drops all traffic of the `vanish` and `orphan`
+    /// namespaces with nft. Prints one line on stdout:
+    /// `READY server_pid=<pid> server_netns=<ns|-> port=<port> clients=<n>`,
+    /// a summary on stderr, and waits for --duration-secs or SIGINT/SIGTERM.
+    /// Then, and also when setup fails halfway, it stops the processes it started
+    /// and deletes its namespaces. Exit status 0 unless setup failed or a child
+    /// died early.
+    Lab(LabArgs),
+    /// Remove what killed `lab` runs left behind. Needs root.
+    ///
+    /// Deletes namespaces whose names start with PREFIX (after stopping any
+    /// process still inside them: SIGTERM, then SIGKILL) and loopback-mode nft
+    /// tables `observer_demo_<PREFIX>*`.
+    Cleanup(CleanupArgs),
+}
+
+/// Server behaviour, shared by `server` and `lab`.
+#[derive(Args, Debug, Clone)]
+pub struct StreamArgs {
+    /// Bytes queued to every client right after its role line.
+    #[arg(long, default_value_t = 262_144, value_name = "BYTES")]
+    pub burst: usize,
+    /// Size of each periodic message (and of the chunks the burst is queued in).
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub message_bytes: usize,
+    /// Close `orphan` peers this long after accept, whatever is still queued.
+    #[arg(long, default_value_t = 1500, value_name = "MS")]
+    pub orphan_close_after_ms: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// Address to listen on, e.g. 0.0.0.0:9000 (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: String,
+    #[command(flatten)]
+    pub stream: StreamArgs,
+    /// Send one --message-bytes message to every client this often; 0 = only the burst.
+    #[arg(long, default_value_t = 0, value_name = "M")]
+    pub interval_ms: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct ClientArgs {
+    /// Server address, e.g. 127.0.0.1:9000.
+    #[arg(long, value_name = "ADDR")]
+    pub connect: String,
+    /// How the clients behave.
+    #[arg(long, value_enum)]
+    pub role: Role,
+    /// Number of connections to open.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub count: u32,
+    /// Exit after this many seconds (default: run until SIGTERM/SIGINT).
+    #[arg(long, value_name = "S")]
+    pub hold_secs: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct LabArgs {
+    /// Healthy clients (if no role count is given at all, one client of each role).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub healthy: u32,
+    /// Clients that never read (receive buffers capped in their namespace).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub slow: u32,
+    /// Clients that vanish (all packets dropped) while the server keeps sending.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub vanish: u32,
+    /// Clients that half-close; the server leaves its side in CLOSE_WAIT.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub halfclose: u32,
+    /// Clients that vanish and that the server then closes: kernel orphans in FIN_WAIT1.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub orphan: u32,
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
+    #[arg(long, value_name = "S")]
+    pub duration_secs: Option<u64>,
+    /// Prefix of namespace names; each run uses `<PREFIX>-<pid>-<srv|role>`.
+    #[arg(long, default_value = "obsdemo", value_name = "PREFIX")]
+    pub name: String,
+    /// Run the server in its own namespace `<PREFIX>-<pid>-srv` (default).
+    #[arg(long, conflicts_with = "server_loopback")]
+    pub server_netns: bool,
+    /// Run server and clients in the caller's namespace over 127.0.0.1 (no netns;
+    /// vanishing done with per-port nft rules on lo; tcp_rmem/tcp_retries2 untouched).
+    #[arg(long)]
+    pub server_loopback: bool,
+    /// Also write the server PID to this file (removed again on cleanup).
+    #[arg(long, value_name = "PATH")]
+    pub server_pid_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub stream: StreamArgs,
+    /// Server's periodic message interval. Non-zero by default so vanished peers
+    /// accumulate unacknowledged data; 0 = burst only.
+    #[arg(long, default_value_t = 50, value_name = "M")]
+    pub interval_ms: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct CleanupArgs {
+    /// Remove namespaces whose names start with this prefix.
+    #[arg(long, default_value = "obsdemo", value_name = "PREFIX")]
+    pub name: String,
+}
