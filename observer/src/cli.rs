@@ -65,17 +65,17 @@ pub struct RunArgs {
     #[arg(long, default_value = "0.0.0.0:9477", value_name = "ADDR:PORT", value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// Seconds between reconciliation sweeps against the kernel's socket table.
-    #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = parse_interval)]
+    #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = parse_interval, allow_hyphen_values = true)]
     pub interval: Duration,
     /// A socket with unacknowledged data, no ACK progress for this long and the
     /// kernel retransmitting with backoff is a `dead_peer` zombie.
-    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = parse_threshold)]
+    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = parse_threshold, allow_hyphen_values = true)]
     pub dead_after: Duration,
     /// A socket in CLOSE_WAIT this long (peer closed, app did not) is a `close_wait` zombie.
-    #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = parse_threshold)]
+    #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = parse_threshold, allow_hyphen_values = true)]
     pub close_wait_after: Duration,
     /// A peer advertising a zero window this long, while the kernel probes it, is `stalled`.
-    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = parse_threshold)]
+    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = parse_threshold, allow_hyphen_values = true)]
     pub stall_after: Duration,
     /// Capacity of the kernel's table of tracked sockets (LRU beyond it; evictions are counted).
     #[arg(long, default_value = "131072", value_parser = clap::value_parser!(u32).range(64..=16_777_216))]

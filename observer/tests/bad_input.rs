@@ -1,0 +1,122 @@
+//! Bad invocations get one clear line on stderr and a non-zero exit, before
+//! anything is attached to the kernel.
+
+mod common;
+
+use std::{net::TcpListener, process::Command};
+
+use common::{OBSERVER, Proc, require_root};
+
+/// (exit code, stderr) of `observer args...`.
+fn run(args: &[&str]) -> (i32, String) {
+    let out = Command::new(OBSERVER).args(args).env("RUST_LOG", "off").output().expect("run observer");
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn assert_one_line_error(args: &[&str], code: i32, needle: &str) {
+    let (got, stderr) = run(args);
+    assert_eq!(got, code, "exit code of {args:?}; stderr: {stderr}");
+    assert!(stderr.contains(needle), "{args:?}: expected {needle:?} in: {stderr}");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(first.contains("error"), "{args:?}: first line should say error: {stderr}");
+}
+
+fn sleeper() -> Proc {
+    let child = Command::new("sleep").arg("60").spawn().expect("start sleep");
+    Proc { child, name: "sleep" }
+}
+
+#[test]
+fn no_such_pid() {
+    require_root();
+    // PIDs above pid_max never exist.
+    assert_one_line_error(&["run", "--pid", "2147483647"], 1, "no such process: 2147483647");
+}
+
+#[test]
+fn kernel_thread_is_refused() {
+    require_root();
+    assert_one_line_error(&["run", "--pid", "2"], 1, "kernel thread");
+}
+
+#[test]
+fn malformed_values_are_refused_by_the_parser() {
+    let cases: &[(&[&str], &str)] = &[
+        (&["run", "--pid", "abc"], "is not a PID"),
+        (&["run", "--pid", "-3"], "--pid"),
+        (&["run", "--pid", "1", "--listen", "nonsense"], "is not an address"),
+        (&["run", "--pid", "1", "--listen", "127.0.0.1:99999"], "is not an address"),
+        (&["run", "--pid", "1", "--dead-after", "-5"], "non-negative"),
+        (&["run", "--pid", "1", "--dead-after", "5 parsecs"], "is not a duration"),
+        (&["run", "--pid", "1", "--close-wait-after", "1000000"], "longer than a day"),
+        (&["run", "--pid", "1", "--interval", "0"], "too short"),
+        (&["run", "--pid", "1", "--probe-method", "send=uprobe"], "unknown method"),
+        (&["run"], "--pid"),
+        (&["run", "--pid", "1", "--comm", "node"], "cannot be used with"),
+    ];
+    for (args, needle) in cases {
+        assert_one_line_error(args, 2, needle);
+    }
+}
+
+#[test]
+fn port_in_use() {
+    require_root();
+    let target = sleeper();
+    let busy = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = busy.local_addr().expect("addr").to_string();
+    let pid = target.pid().to_string();
+    assert_one_line_error(&["run", "--pid", &pid, "--listen", &addr], 1, &format!("cannot listen on {addr}"));
+}
+
+#[test]
+fn missing_btf() {
+    require_root();
+    let target = sleeper();
+    let pid = target.pid().to_string();
+    let args = ["run", "--pid", &pid, "--listen", "127.0.0.1:0", "--btf", "/nonexistent/vmlinux"];
+    assert_one_line_error(&args, 1, "cannot read kernel BTF from /nonexistent/vmlinux");
+}
+
+#[test]
+fn missing_privileges() {
+    require_root();
+    // Target and observer both run as nobody, so /proc is readable and only
+    // the BPF load lacks privilege.
+    let child = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "sleep", "60"])
+        .spawn()
+        .expect("start sleep as nobody");
+    let target = Proc { child, name: "sleep" };
+    // Until setpriv has switched user and exec'd, the process is root's.
+    common::wait_for(std::time::Duration::from_secs(5), "target running as nobody", || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", target.pid())).ok()?;
+        (status.contains("Name:\tsleep") && status.contains("Uid:\t65534")).then_some(())
+    });
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(OBSERVER)
+        .args(["run", "--pid", &target.pid().to_string(), "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run observer as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains("missing privileges"), "stderr: {stderr}");
+    assert!(stderr.contains("CAP_BPF"), "says which capability: {stderr}");
+}
+
+#[test]
+fn forced_unavailable_method_is_explained() {
+    require_root();
+    let target = sleeper();
+    let pid = target.pid().to_string();
+    // This kernel has no kprobes; a kernel that has them would accept this,
+    // so only assert the failure where the capability is absent.
+    if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        eprintln!("kprobes available here: nothing to refuse");
+        return;
+    }
+    let args = ["run", "--pid", &pid, "--listen", "127.0.0.1:0", "--probe-method", "send=kprobe"];
+    assert_one_line_error(&args, 1, "no attach method works for required hook `send`: kprobe: kernel lacks kprobes");
+}

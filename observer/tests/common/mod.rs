@@ -1,0 +1,240 @@
+//! Shared pieces of the integration tests: starting the real observer and the
+//! demo target, scraping /metrics, and reading the kernel's own view with `ss`.
+//!
+//! Every test loads the real eBPF programs into the running kernel and drives
+//! real TCP; they need root (CI runs as root) and run one at a time.
+#![allow(dead_code)]
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{TcpListener, TcpStream},
+    process::{Child, ChildStdout, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+pub const OBSERVER: &str = env!("CARGO_BIN_EXE_observer");
+pub const DEMO: &str = env!("CARGO_BIN_EXE_observer-demo");
+
+pub fn require_root() {
+    let uid = unsafe { libc::geteuid() };
+    assert_eq!(uid, 0, "integration tests load eBPF programs and create namespaces: run them as root");
+}
+
+/// A child process ended by PID when the test ends, pass or fail.
+pub struct Proc {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Ends the process with SIGTERM (then SIGKILL after 10 s) and waits.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// Polls `f` every 100 ms until it returns Some, for at most `limit`.
+pub fn wait_for<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub struct Observer {
+    pub proc: Proc,
+    pub addr: String,
+}
+
+/// Starts `observer run` with `args` (target included) on a fresh port and
+/// waits until /healthz answers.
+pub fn start_observer(args: &[&str]) -> Observer {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(OBSERVER)
+        .arg("run")
+        .args(args)
+        .args(["--listen", &addr])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start observer");
+    let mut obs = Observer { proc: Proc { child, name: "observer" }, addr };
+    wait_for(Duration::from_secs(30), "observer /healthz", || {
+        if let Ok(Some(status)) = obs.proc.child.try_wait() {
+            panic!("observer exited early: {status}");
+        }
+        http_get(&obs.addr, "/healthz").ok().filter(|(code, _)| *code == 200)
+    });
+    let _ = &mut obs;
+    obs
+}
+
+/// Minimal HTTP/1.0 GET: (status code, body).
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let code = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, body))
+}
+
+/// Series -> value from an OpenMetrics text body.
+pub type Scrape = BTreeMap<String, f64>;
+
+pub fn parse_metrics(body: &str) -> Scrape {
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+impl Observer {
+    pub fn scrape(&self) -> Scrape {
+        let (code, body) = http_get(&self.addr, "/metrics").expect("scrape /metrics");
+        assert_eq!(code, 200, "GET /metrics: {body}");
+        parse_metrics(&body)
+    }
+}
+
+pub fn metric(s: &Scrape, series: &str) -> f64 {
+    *s.get(series).unwrap_or_else(|| panic!("no series {series} in scrape"))
+}
+
+/// The demo lab: a server process plus clients, in namespaces it made.
+pub struct Lab {
+    pub proc: Proc,
+    pub server_pid: u32,
+    pub server_netns: Option<String>,
+    pub port: u16,
+    _stdout: BufReader<ChildStdout>,
+}
+
+pub fn start_lab(args: &[&str]) -> Lab {
+    let name = format!("ot{}", std::process::id() % 10000);
+    let mut child = Command::new(DEMO)
+        .arg("lab")
+        .args(["--name", &name])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("start observer-demo lab");
+    let mut stdout = BufReader::new(child.stdout.take().expect("lab stdout"));
+    let proc = Proc { child, name: "lab" };
+    let mut line = String::new();
+    let start = Instant::now();
+    let ready = loop {
+        line.clear();
+        let n = stdout.read_line(&mut line).expect("read lab output");
+        assert!(n > 0, "lab exited before READY");
+        if line.starts_with("READY ") {
+            break line.trim().to_string();
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "lab not ready in time");
+    };
+    let field = |k: &str| {
+        ready
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")).map(str::to_string))
+            .unwrap_or_else(|| panic!("READY line without {k}: {ready}"))
+    };
+    let netns = field("server_netns");
+    Lab {
+        proc,
+        server_pid: field("server_pid").parse().expect("server pid"),
+        server_netns: (netns != "-").then_some(netns),
+        port: field("port").parse().expect("port"),
+        _stdout: stdout,
+    }
+}
+
+/// One socket as `ss` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SsSocket {
+    pub state: String,
+    pub send_q: u64,
+    pub notsent: u64,
+}
+
+/// Non-listening TCP sockets with local port `port`, from `ss -tin` in
+/// `netns` (or here): the kernel's own sock_diag view.
+pub fn ss_sockets(netns: Option<&str>, port: u16) -> Vec<SsSocket> {
+    let filter = format!("( sport = :{port} )");
+    let out: Output = match netns {
+        Some(ns) => Command::new("ip").args(["netns", "exec", ns, "ss", "-tinH", "state", "all", &filter]).output(),
+        None => Command::new("ss").args(["-tinH", "state", "all", &filter]).output(),
+    }
+    .expect("run ss");
+    assert!(out.status.success(), "ss failed: {}", String::from_utf8_lossy(&out.stderr));
+    parse_ss(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Parses `ss -tinH` output: a line per socket, its `-i` details indented below.
+pub fn parse_ss(text: &str) -> Vec<SsSocket> {
+    let mut out: Vec<SsSocket> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with(char::is_whitespace) {
+            if let Some(last) = out.last_mut() {
+                for tok in line.split_whitespace() {
+                    if let Some(n) = tok.strip_prefix("notsent:") {
+                        last.notsent = n.parse().unwrap_or(0);
+                    }
+                }
+            }
+            continue;
+        }
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        if cols.len() < 3 || cols[0] == "LISTEN" || cols[0] == "TIME-WAIT" {
+            // Keep a placeholder so indented detail lines do not attach to
+            // the previous socket.
+            out.push(SsSocket { state: "skip".into(), send_q: 0, notsent: 0 });
+            continue;
+        }
+        out.push(SsSocket { state: cols[0].to_string(), send_q: cols[2].parse().unwrap_or(0), notsent: 0 });
+    }
+    out.retain(|s| s.state != "skip");
+    out
+}
+
+pub fn count_state(socks: &[SsSocket], state: &str) -> usize {
+    socks.iter().filter(|s| s.state == state).count()
+}
