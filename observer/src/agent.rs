@@ -138,6 +138,11 @@ impl Agent {
         }
     }
 
+    /// The target's sockets as of the last sweep.
+    pub fn table(&self) -> &SocketTable {
+        &self.table
+    }
+
     pub fn sweep(&mut self) -> Result<(), SweepError> {
         let pids = target::resolve(&self.selector);
         // Register new PIDs before reading sockets, so sends from here on

@@ -29,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Attach to the kernel, watch a target process, serve /metrics and /healthz.
     Run(RunArgs),
+    /// Live terminal view of the target's sockets, worst first (quit with q).
+    Top(TopArgs),
     /// Print what this kernel offers and which attach method each hook would use.
     Check(CheckArgs),
 }
@@ -48,7 +50,7 @@ pub struct TargetArgs {
 #[derive(Args, Debug)]
 pub struct KernelArgs {
     /// Kernel BTF to read struct layouts from.
-    #[arg(long, default_value = "/sys/kernel/btf/vmlinux", value_name = "PATH")]
+    #[arg(long, default_value = crate::probes::offsets::DEFAULT_BTF_PATH, value_name = "PATH")]
     pub btf: PathBuf,
     /// Force one attach method for a hook, e.g. `send=tracepoint` (repeatable).
     /// Hooks: send, close, state, timer, retransmit, sockets. Methods: fentry,
@@ -64,6 +66,25 @@ pub struct RunArgs {
     /// Address to serve /metrics and /healthz on.
     #[arg(long, default_value = "0.0.0.0:9477", value_name = "ADDR:PORT", value_parser = parse_listen)]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub sweep: SweepArgs,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct TopArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[command(flatten)]
+    pub sweep: SweepArgs,
+    #[command(flatten)]
+    pub kernel: KernelArgs,
+}
+
+/// How often the kernel is read, and when a socket counts as a zombie.
+#[derive(Args, Debug, Clone)]
+pub struct SweepArgs {
     /// Seconds between reconciliation sweeps against the kernel's socket table.
     #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = parse_interval, allow_hyphen_values = true)]
     pub interval: Duration,
@@ -80,8 +101,27 @@ pub struct RunArgs {
     /// Capacity of the kernel's table of tracked sockets (LRU beyond it; evictions are counted).
     #[arg(long, default_value = "131072", value_parser = clap::value_parser!(u32).range(64..=16_777_216))]
     pub max_sockets: u32,
-    #[command(flatten)]
-    pub kernel: KernelArgs,
+}
+
+impl TargetArgs {
+    pub fn selector(&self) -> crate::target::Selector {
+        match (&self.pid, &self.comm) {
+            (Some(pid), _) => crate::target::Selector::Pid(*pid),
+            // clap's group makes exactly one of the two present.
+            (None, Some(comm)) => crate::target::Selector::Comm(comm.clone()),
+            (None, None) => crate::target::Selector::Pid(0),
+        }
+    }
+}
+
+impl SweepArgs {
+    pub fn thresholds(&self) -> crate::classify::Thresholds {
+        crate::classify::Thresholds {
+            dead_after: self.dead_after,
+            close_wait_after: self.close_wait_after,
+            stall_after: self.stall_after,
+        }
+    }
 }
 
 #[derive(Args, Debug)]

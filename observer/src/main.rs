@@ -9,6 +9,7 @@ mod metrics;
 mod probes;
 mod sockets;
 mod target;
+mod top;
 
 use std::{
     sync::{Arc, atomic::AtomicBool},
@@ -21,14 +22,12 @@ use log::info;
 
 use crate::{
     agent::{Agent, Shared},
-    classify::Thresholds,
     cli::{CheckArgs, Cli, Command, RunArgs},
     metrics::{Metrics, ProbeLabel},
     probes::{
         loader::{self, LoadOptions},
         plan::{self, Hook},
     },
-    target::Selector,
 };
 
 fn main() {
@@ -36,6 +35,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
+        Command::Top(args) => top::run(args),
         Command::Check(args) => check(args),
     };
     if let Err(e) = result {
@@ -49,31 +49,18 @@ fn load_options(k: &cli::KernelArgs, max_sockets: u32) -> LoadOptions {
     LoadOptions { btf_path: k.btf.clone(), max_sockets, forced: k.probe_method.clone() }
 }
 
-fn run(args: RunArgs) -> Result<()> {
-    let selector = match (args.target.pid, args.target.comm) {
-        (Some(pid), _) => Selector::Pid(pid),
-        (None, Some(comm)) => Selector::Comm(comm),
-        (None, None) => bail!("give a target: --pid PID or --comm NAME"),
-    };
+/// Validates the target, loads and attaches the programs, and returns an
+/// agent that has swept once. Shared by `run` and `top`.
+pub fn start_agent(
+    target: &cli::TargetArgs,
+    sweep: &cli::SweepArgs,
+    kernel: &cli::KernelArgs,
+    metrics: Metrics,
+    shared: Arc<Shared>,
+) -> Result<Agent> {
+    let selector = target.selector();
     target::validate(&selector).context("target")?;
-    let thresholds = Thresholds {
-        dead_after: args.dead_after,
-        close_wait_after: args.close_wait_after,
-        stall_after: args.stall_after,
-    };
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    // Bind before loading anything, so a busy port fails fast and cleanly.
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(args.listen))
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-
-    let probes = loader::load(&load_options(&args.kernel, args.max_sockets))?;
-    let metrics = Metrics::default();
-    let registry = metrics.register();
+    let probes = loader::load(&load_options(kernel, sweep.max_sockets))?;
     for c in &probes.choices {
         let method = c.method.map_or("none", |m| m.name());
         metrics.probe_info.get_or_create(&ProbeLabel { hook: c.hook.name(), method }).set(1);
@@ -82,14 +69,33 @@ fn run(args: RunArgs) -> Result<()> {
             info!("    passed over {m}: {why}");
         }
     }
-
-    let shared = Arc::new(Shared::default());
-    let mut agent = Agent::new(probes, selector.clone(), thresholds, metrics.clone(), shared.clone())?;
+    let mut agent = Agent::new(probes, selector, sweep.thresholds(), metrics, shared)?;
     // The first sweep runs before serving, so the first scrape has numbers.
     agent.sweep().context("first sweep of the kernel's sockets")?;
+    Ok(agent)
+}
+
+fn run(args: RunArgs) -> Result<()> {
+    // Validate the target before binding, and bind before loading anything,
+    // so typos and busy ports fail fast and cleanly.
+    target::validate(&args.target.selector()).context("target")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(args.listen))
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+
+    let metrics = Metrics::default();
+    let registry = metrics.register();
+    let shared = Arc::new(Shared::default());
+    let agent = start_agent(&args.target, &args.sweep, &args.kernel, metrics.clone(), shared.clone())?;
+    let selector = agent.selector.clone();
+    let shared = Arc::new(Shared::default());
     let stop = Arc::new(AtomicBool::new(false));
     let sweeper = {
-        let (stop, interval) = (stop.clone(), args.interval);
+        let (stop, interval) = (stop.clone(), args.sweep.interval);
         std::thread::Builder::new()
             .name("sweep".into())
             .spawn(move || agent.run(interval, stop))
@@ -101,7 +107,7 @@ fn run(args: RunArgs) -> Result<()> {
         registry,
         metrics,
         shared,
-        stale_after: args.interval * 3 + Duration::from_secs(5),
+        stale_after: args.sweep.interval * 3 + Duration::from_secs(5),
     });
     runtime.block_on(async {
         tokio::select! {

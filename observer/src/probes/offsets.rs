@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use btf_rs::{Btf, BtfType, Type};
+use btf_rs::{Btf, Type};
 use observer_common::Offsets;
 
 #[derive(Debug, thiserror::Error)]
@@ -134,22 +134,12 @@ fn find_member(btf: &Btf, ty: &Type, name: &str) -> Result<Option<(u32, Type)>, 
     Ok(None)
 }
 
-/// Whether BTF describes a function or a `btf_trace_<tp>` typedef, i.e.
-/// whether fentry/kprobe on `name` or tp_btf on tracepoint `name` can work.
+/// Whether BTF describes a kernel function `name`.
 pub fn has_func(btf: &Btf, name: &str) -> bool {
     btf.resolve_types_by_name(name)
         .map(|ts| ts.iter().any(|t| matches!(t, Type::Func(_))))
         .unwrap_or(false)
 }
-
-pub fn has_tracepoint(btf: &Btf, name: &str) -> bool {
-    btf.resolve_types_by_name(&format!("btf_trace_{name}"))
-        .map(|ts| !ts.is_empty())
-        .unwrap_or(false)
-}
-
-#[allow(dead_code)]
-fn _assert_btf_type(_: &dyn BtfType) {}
 
 #[cfg(test)]
 mod tests {
@@ -189,7 +179,6 @@ mod tests {
     fn finds_functions_and_tracepoints() {
         let Some(btf) = kernel_btf() else { return };
         assert!(has_func(&btf, "tcp_sendmsg"));
-        assert!(has_tracepoint(&btf, "inet_sock_set_state"));
         assert!(!has_func(&btf, "definitely_not_a_kernel_function"));
     }
 }
