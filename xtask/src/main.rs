@@ -58,12 +58,20 @@ fn build(release: bool) -> Result<()> {
 
 fn test(extra: &[String]) -> Result<()> {
     // Integration tests share the kernel and namespaces: one at a time.
-    let mut args: Vec<String> = ["test", "--workspace", "--exclude", "observer-ebpf"].map(String::from).to_vec();
+    let mut args: Vec<String> =
+        ["test", "--workspace", "--exclude", "observer-ebpf", "--lib", "--bins", "--tests"].map(String::from).to_vec();
     args.extend(extra.iter().cloned());
     if !extra.iter().any(|a| a == "--") {
         args.push("--".into());
     }
     args.push("--test-threads=1".into());
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    sh::run("cargo", &refs)
+    let totals = sh::run_counting_tests("cargo", &refs)?;
+    // One closing line over every test binary, so a reader (or CI) need not
+    // add up the per-binary summaries.
+    println!("tests: {} passed, {} failed, {} skipped", totals.passed, totals.failed, totals.ignored);
+    if totals.failed > 0 || totals.passed == 0 {
+        anyhow::bail!("tests failed or none ran");
+    }
+    Ok(())
 }
