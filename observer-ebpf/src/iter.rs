@@ -5,7 +5,7 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::bpf_seq_write;
+use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_seq_write};
 use observer_common::{SockRecord, drop_reason, tcp_state};
 
 use crate::{
@@ -63,6 +63,9 @@ pub fn observer_sockets(ctx: *mut IterTcpCtx) -> i32 {
         snd_una: kernel::snd_una(sk),
         snd_wnd: kernel::snd_wnd(sk),
         wmem_queued: read(sk, off!(sk_wmem_queued)),
+        jiffies: unsafe { bpf_jiffies64() } as u32,
+        rcv_tstamp: read(sk, off!(rcv_tstamp)),
+        lrcvtime: read(sk, off!(icsk_lrcvtime)),
         ..SockRecord::default()
     };
     if rec.family == AF_INET6 {

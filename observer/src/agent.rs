@@ -90,6 +90,15 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Length of a kernel tick (jiffy) in ns: the resolution of the coarse
+/// clock is exactly one tick, which spares guessing CONFIG_HZ.
+pub fn jiffy_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid pointer; an unsupported clock leaves ts zeroed -> 0 (unknown).
+    unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 impl Agent {
     pub fn new(
         mut probes: Probes,
@@ -106,7 +115,7 @@ impl Agent {
             thresholds,
             metrics,
             shared,
-            table: SocketTable::default(),
+            table: SocketTable::with_tick(jiffy_ns()),
             own_netns: target::own_netns(),
             tgids: HashSet::new(),
             ports: HashMap::new(),

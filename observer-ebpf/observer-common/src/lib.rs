@@ -49,6 +49,10 @@ pub struct Offsets {
     pub tp_state_newstate: u32,
     pub tp_send_sk: u32,
     pub tp_retransmit_skaddr: u32,
+    /// `tcp_sock.rcv_tstamp`: jiffies of the last ACK received.
+    pub rcv_tstamp: u32,
+    /// `inet_connection_sock.icsk_ack.lrcvtime`: jiffies of the last segment received.
+    pub icsk_lrcvtime: u32,
     pub _pad: u32,
     /// Address of `tcp_write_timer`, so the generic timer hook can pick out
     /// the TCP retransmit/probe timer among every timer in the system.
@@ -125,7 +129,12 @@ pub struct SockRecord {
     pub wmem_queued: i32,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
-    pub _pad2: u32,
+    /// Low 32 bits of jiffies when the record was taken, and the socket's own
+    /// jiffies stamps: how long ago it last heard an ACK / any segment. These
+    /// date what happened before the agent was watching.
+    pub jiffies: u32,
+    pub rcv_tstamp: u32,
+    pub lrcvtime: u32,
     pub events: SockEvents,
 }
 
@@ -184,6 +193,6 @@ mod pod {
 
 // The agent parses iterator output as a stream of these; a layout with
 // implicit padding would differ between the two compilers' views.
-const _: () = assert!(core::mem::size_of::<SockRecord>() == 144);
+const _: () = assert!(core::mem::size_of::<SockRecord>() == 152);
 const _: () = assert!(core::mem::size_of::<SockEvents>() == 56);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 128);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 136);

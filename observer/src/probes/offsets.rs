@@ -57,6 +57,8 @@ pub fn resolve(btf: &Btf) -> Result<Offsets, OffsetError> {
         snd_nxt: f("tcp_sock", "snd_nxt")?,
         snd_una: f("tcp_sock", "snd_una")?,
         snd_wnd: f("tcp_sock", "snd_wnd")?,
+        rcv_tstamp: f("tcp_sock", "rcv_tstamp")?,
+        icsk_lrcvtime: f("inet_connection_sock", "icsk_ack.lrcvtime")?,
         timer_function: f("timer_list", "function")?,
         ..Offsets::default()
     })

@@ -50,6 +50,9 @@ pub struct SweepActions {
 #[derive(Default)]
 pub struct SocketTable {
     socks: HashMap<u64, Tracked>,
+    /// Length of a jiffy in ns, to date what a socket did before the agent
+    /// first saw it; 0 when unknown (then such clocks start at first sight).
+    tick_ns: u64,
 }
 
 /// Aggregates over the table for one set of owners.
@@ -66,6 +69,10 @@ pub struct Summary {
 }
 
 impl SocketTable {
+    pub fn with_tick(tick_ns: u64) -> Self {
+        SocketTable { socks: HashMap::new(), tick_ns }
+    }
+
     pub fn len(&self) -> usize {
         self.socks.len()
     }
@@ -97,7 +104,7 @@ impl SocketTable {
                 prev.map(|p| p.owner).filter(|o| targets.contains(o))
             };
             let Some(owner) = owner else { continue };
-            let t = update(prev, owner, rec, now, thresholds);
+            let t = update(prev, owner, rec, now, self.tick_ns, thresholds);
             if t.is_listener() {
                 actions.listen_ports.insert((rec.netns, rec.sport), owner);
             }
@@ -156,8 +163,17 @@ fn earliest(a: Option<u64>, b: u64) -> u64 {
     }
 }
 
+/// When, on our clock, the kernel's jiffies `stamp` of this record was.
+fn dated(rec: &SockRecord, stamp: u32, now: u64, tick_ns: u64) -> u64 {
+    if tick_ns == 0 || stamp == 0 {
+        return now;
+    }
+    let age = u64::from(rec.jiffies.wrapping_sub(stamp)) * tick_ns;
+    now.saturating_sub(age)
+}
+
 /// One socket's next state from its previous one and a fresh record.
-fn update(prev: Option<&Tracked>, owner: u32, rec: &SockRecord, now: u64, th: &Thresholds) -> Tracked {
+fn update(prev: Option<&Tracked>, owner: u32, rec: &SockRecord, now: u64, tick_ns: u64, th: &Thresholds) -> Tracked {
     let ev = (rec.has_events != 0).then_some(&rec.events);
     let unacked = rec.snd_nxt.wrapping_sub(rec.snd_una);
     let unsent = rec.write_seq.wrapping_sub(rec.snd_nxt);
@@ -165,8 +181,13 @@ fn update(prev: Option<&Tracked>, owner: u32, rec: &SockRecord, now: u64, th: &T
     let mut progress_at = match prev {
         Some(p) if p.record.snd_una == rec.snd_una && unacked != 0 => p.progress_at,
         Some(_) => now,
-        // First sight: trust the probes if they saw it, else start the clock now.
-        None => ev.map_or(now, |e| if e.last_progress_ns != 0 { e.last_progress_ns } else { now }),
+        // First sight: trust the probes if they saw it, else the socket's own
+        // stamp of the last ACK it received. No progress can be more recent
+        // than that ACK, so the stall is never overstated.
+        None => match ev {
+            Some(e) if e.last_progress_ns != 0 => e.last_progress_ns,
+            _ => dated(rec, rec.rcv_tstamp, now, tick_ns),
+        },
     };
     if let Some(e) = ev {
         progress_at = progress_at.max(e.last_progress_ns);
@@ -176,7 +197,9 @@ fn update(prev: Option<&Tracked>, owner: u32, rec: &SockRecord, now: u64, th: &T
     }
 
     let close_wait_at = (rec.state == tcp_state::CLOSE_WAIT).then(|| {
-        let seen = prev.and_then(|p| p.close_wait_at).unwrap_or(now);
+        // The FIN that caused CLOSE_WAIT was the last segment received, or
+        // came before it: dating from that stamp can only understate.
+        let seen = prev.and_then(|p| p.close_wait_at).unwrap_or_else(|| dated(rec, rec.lrcvtime, now, tick_ns));
         match ev {
             Some(e) if e.close_wait_since_ns != 0 => e.close_wait_since_ns.min(seen),
             _ => seen,
@@ -266,6 +289,24 @@ mod tests {
         r.snd_una = 2000;
         table.sweep(8 * SEC, &[r], &inodes, &targets, &th);
         assert_eq!(table.summary(None).zombies.get(&ZombieReason::DeadPeer), None);
+    }
+
+    #[test]
+    fn sockets_found_late_are_dated_by_the_kernels_own_stamps() {
+        // A 4 ms jiffy; the socket last heard an ACK 2000 jiffies (8 s) ago.
+        let mut table = SocketTable::with_tick(4_000_000);
+        let targets = HashSet::from([7]);
+        let th = Thresholds { dead_after: std::time::Duration::from_secs(5), close_wait_after: std::time::Duration::from_secs(5), ..Default::default() };
+        let dead = SockRecord { snd_una: 10, snd_nxt: 500, write_seq: 500, backoff: 4, retransmits: 4, jiffies: 3000, rcv_tstamp: 1000, ..rec(1, 9, tcp_state::ESTABLISHED) };
+        let cw = SockRecord { jiffies: 3000, lrcvtime: 1000, ..rec(2, 8, tcp_state::CLOSE_WAIT) };
+        table.sweep(100 * SEC, &[dead, cw], &owners(&[(9, 7), (8, 7)]), &targets, &th);
+        let s = table.summary(None);
+        assert_eq!(s.zombies.get(&ZombieReason::DeadPeer), Some(&1), "a restarted observer sees the old stall at once");
+        assert_eq!(s.zombies.get(&ZombieReason::CloseWait), Some(&1));
+        // Without a tick length nothing is dated: clocks start now.
+        let mut table = SocketTable::default();
+        table.sweep(100 * SEC, &[dead, cw], &owners(&[(9, 7), (8, 7)]), &targets, &th);
+        assert!(table.summary(None).zombies.is_empty());
     }
 
     #[test]
