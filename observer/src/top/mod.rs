@@ -1,9 +1,132 @@
-//! `observer top`: a live terminal view of the target's sockets.
+//! `observer top`: a live terminal view of the target's sockets, worst
+//! first. Sweeps the kernel every interval like `observer run`, but draws
+//! the table instead of serving metrics.
 
-use anyhow::{Result, bail};
+mod format;
+mod model;
+mod signals;
+mod terminal;
+mod view;
 
-use crate::cli::TopArgs;
+use std::{
+    io::IsTerminal,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-pub fn run(_args: TopArgs) -> Result<()> {
-    bail!("observer top is not built yet")
+use anyhow::{Context, Result, bail};
+use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+
+use self::{model::Model, terminal::Screen};
+use crate::{
+    agent::{Agent, Shared, monotonic_ns},
+    cli::TopArgs,
+    metrics::Metrics,
+};
+
+/// Longest wait for a key before checking for stop signals and the clock.
+const KEY_POLL: Duration = Duration::from_millis(200);
+
+pub fn run(args: TopArgs) -> Result<()> {
+    // Before loading anything into the kernel: without a terminal there is
+    // nothing to draw on.
+    if !std::io::stdout().is_terminal() {
+        bail!("observer top draws on a terminal and stdout is not one (for metrics, use `observer run`)");
+    }
+    let mut agent = crate::start_agent(&args.target, &args.sweep, &args.kernel, Metrics::default(), Arc::new(Shared::default()))?;
+    signals::install().context("installing signal handlers")?;
+    let screen = Screen::enter().context("setting up the terminal")?;
+    // Log lines on stderr would scribble over the screen; the screen says
+    // itself when a sweep fails.
+    let log_level = log::max_level();
+    log::set_max_level(log::LevelFilter::Off);
+    let result = watch(&mut agent, screen, args.sweep.interval);
+    log::set_max_level(log_level);
+    result
+}
+
+/// What a key press asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Input {
+    Quit,
+    Redraw,
+    Nothing,
+}
+
+fn input(ev: &Event) -> Input {
+    match ev {
+        Event::Key(KeyEvent { code, modifiers, kind: KeyEventKind::Press, .. }) => match code {
+            KeyCode::Char('q' | 'Q') | KeyCode::Esc => Input::Quit,
+            KeyCode::Char('c') if modifiers.contains(KeyModifiers::CONTROL) => Input::Quit,
+            _ => Input::Nothing,
+        },
+        Event::Resize(..) => Input::Redraw,
+        _ => Input::Nothing,
+    }
+}
+
+/// Draws, waits for keys until the next sweep is due, sweeps; until quit.
+/// Takes the screen by value so it is restored before the caller returns.
+fn watch(agent: &mut Agent, mut screen: Screen, interval: Duration) -> Result<()> {
+    let mut error = None;
+    let mut next_sweep = Instant::now() + interval;
+    loop {
+        let model = snapshot(agent, interval, error.clone());
+        screen.term.draw(|f| view::render(f, &model)).context("drawing")?;
+        loop {
+            if signals::requested() {
+                return Ok(());
+            }
+            let left = next_sweep.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let started = Instant::now();
+                error = agent.sweep().err().map(|e| e.to_string());
+                // A sweep slower than the interval must not leave keys unread.
+                next_sweep = (started + interval).max(Instant::now() + Duration::from_millis(50));
+                break;
+            }
+            if event::poll(left.min(KEY_POLL)).context("reading the terminal")? {
+                match input(&event::read().context("reading the terminal")?) {
+                    Input::Quit => return Ok(()),
+                    Input::Redraw => break,
+                    Input::Nothing => {}
+                }
+            }
+        }
+    }
+}
+
+fn snapshot(agent: &Agent, interval: Duration, error: Option<String>) -> Model {
+    let pids = agent.shared.pids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let table = agent.table();
+    Model {
+        target: agent.selector.to_string(),
+        rss: crate::target::rss(&pids),
+        pids,
+        interval,
+        summary: table.summary(None),
+        rows: model::rows(table.sockets(), monotonic_ns()),
+        error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(code: KeyCode, modifiers: KeyModifiers) -> Event {
+        Event::Key(KeyEvent::new(code, modifiers))
+    }
+
+    #[test]
+    fn keys_that_quit_and_keys_that_do_not() {
+        for quit in [key(KeyCode::Char('q'), KeyModifiers::NONE), key(KeyCode::Esc, KeyModifiers::NONE), key(KeyCode::Char('c'), KeyModifiers::CONTROL)] {
+            assert_eq!(input(&quit), Input::Quit, "{quit:?}");
+        }
+        assert_eq!(input(&key(KeyCode::Char('c'), KeyModifiers::NONE)), Input::Nothing);
+        assert_eq!(input(&key(KeyCode::Char('x'), KeyModifiers::NONE)), Input::Nothing);
+        assert_eq!(input(&Event::Resize(80, 24)), Input::Redraw);
+        let release = Event::Key(KeyEvent { kind: KeyEventKind::Release, ..KeyEvent::new(KeyCode::Char('q'), KeyModifiers::NONE) });
+        assert_eq!(input(&release), Input::Nothing);
+    }
 }
