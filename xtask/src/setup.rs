@@ -17,6 +17,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("nftables", "/usr/sbin/nft"),
     ("iproute2", "/usr/sbin/ss"),
     ("curl", "/usr/bin/curl"),
+    ("tmux", "/usr/bin/tmux"),
 ];
 
 pub fn ensure() -> Result<()> {
