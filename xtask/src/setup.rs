@@ -18,6 +18,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "/usr/sbin/ss"),
     ("curl", "/usr/bin/curl"),
     ("tmux", "/usr/bin/tmux"),
+    // prometheus and promtool for observer/tests/prometheus.rs.
+    ("prometheus", "/usr/bin/promtool"),
 ];
 
 pub fn ensure() -> Result<()> {
@@ -49,7 +51,19 @@ fn apt_packages() -> Result<()> {
     if !status.success() {
         bail!("apt-get install {} failed: {status}", missing.join(" "));
     }
+    if missing.contains(&"prometheus") {
+        stop_packaged_prometheus();
+    }
     Ok(())
+}
+
+/// The package's postinst starts a system Prometheus on :9090 where
+/// services may start (systemd hosts, no policy-rc.d). The tests run their
+/// own on a free port; the one we just installed must not keep running.
+fn stop_packaged_prometheus() {
+    if sh::ok("service", &["prometheus", "stop"]) {
+        eprintln!("+ service prometheus stop (only the binaries are needed)");
+    }
 }
 
 fn nightly_with_rust_src() -> Result<()> {
