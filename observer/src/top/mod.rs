@@ -3,6 +3,7 @@
 //! the table instead of serving metrics.
 
 mod format;
+mod keys;
 mod model;
 mod signals;
 mod terminal;
@@ -14,15 +15,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
-use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
-
-use self::{model::Model, terminal::Screen};
+use self::{
+    keys::{Input, Keys},
+    model::Model,
+    terminal::Screen,
+};
 use crate::{
     agent::{Agent, Shared, monotonic_ns},
     cli::TopArgs,
     metrics::Metrics,
 };
+use anyhow::{Context, Result, bail};
 
 /// Longest wait for a key before checking for stop signals and the clock.
 const KEY_POLL: Duration = Duration::from_millis(200);
@@ -33,41 +36,28 @@ pub fn run(args: TopArgs) -> Result<()> {
     if !std::io::stdout().is_terminal() {
         bail!("observer top draws on a terminal and stdout is not one (for metrics, use `observer run`)");
     }
-    let mut agent = crate::start_agent(&args.target, &args.sweep, &args.kernel, Metrics::default(), Arc::new(Shared::default()))?;
+    if std::env::var_os("RUST_LOG").is_none() {
+        // Which method each hook uses is news for a daemon's log, noise
+        // before a screen; `observer check` tells it.
+        log::set_max_level(log::LevelFilter::Warn);
+    }
+    let mut agent =
+        crate::start_agent(&args.target, &args.sweep, &args.kernel, Metrics::default(), Arc::new(Shared::default()))?;
     signals::install().context("installing signal handlers")?;
+    let keys = Keys::open().context("opening the terminal for keys")?;
     let screen = Screen::enter().context("setting up the terminal")?;
     // Log lines on stderr would scribble over the screen; the screen says
     // itself when a sweep fails.
     let log_level = log::max_level();
     log::set_max_level(log::LevelFilter::Off);
-    let result = watch(&mut agent, screen, args.sweep.interval);
+    let result = watch(&mut agent, screen, &keys, args.sweep.interval);
     log::set_max_level(log_level);
     result
 }
 
-/// What a key press asks for.
-#[derive(Debug, PartialEq, Eq)]
-enum Input {
-    Quit,
-    Redraw,
-    Nothing,
-}
-
-fn input(ev: &Event) -> Input {
-    match ev {
-        Event::Key(KeyEvent { code, modifiers, kind: KeyEventKind::Press, .. }) => match code {
-            KeyCode::Char('q' | 'Q') | KeyCode::Esc => Input::Quit,
-            KeyCode::Char('c') if modifiers.contains(KeyModifiers::CONTROL) => Input::Quit,
-            _ => Input::Nothing,
-        },
-        Event::Resize(..) => Input::Redraw,
-        _ => Input::Nothing,
-    }
-}
-
 /// Draws, waits for keys until the next sweep is due, sweeps; until quit.
 /// Takes the screen by value so it is restored before the caller returns.
-fn watch(agent: &mut Agent, mut screen: Screen, interval: Duration) -> Result<()> {
+fn watch(agent: &mut Agent, mut screen: Screen, keys: &Keys, interval: Duration) -> Result<()> {
     let mut error = None;
     let mut next_sweep = Instant::now() + interval;
     loop {
@@ -85,12 +75,10 @@ fn watch(agent: &mut Agent, mut screen: Screen, interval: Duration) -> Result<()
                 next_sweep = (started + interval).max(Instant::now() + Duration::from_millis(50));
                 break;
             }
-            if event::poll(left.min(KEY_POLL)).context("reading the terminal")? {
-                match input(&event::read().context("reading the terminal")?) {
-                    Input::Quit => return Ok(()),
-                    Input::Redraw => break,
-                    Input::Nothing => {}
-                }
+            match keys.wait(left.min(KEY_POLL)).context("reading the terminal")? {
+                Input::Quit | Input::Gone => return Ok(()),
+                Input::Redraw => break,
+                Input::Nothing => {}
             }
         }
     }
@@ -107,26 +95,5 @@ fn snapshot(agent: &Agent, interval: Duration, error: Option<String>) -> Model {
         summary: table.summary(None),
         rows: model::rows(table.sockets(), monotonic_ns()),
         error,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn key(code: KeyCode, modifiers: KeyModifiers) -> Event {
-        Event::Key(KeyEvent::new(code, modifiers))
-    }
-
-    #[test]
-    fn keys_that_quit_and_keys_that_do_not() {
-        for quit in [key(KeyCode::Char('q'), KeyModifiers::NONE), key(KeyCode::Esc, KeyModifiers::NONE), key(KeyCode::Char('c'), KeyModifiers::CONTROL)] {
-            assert_eq!(input(&quit), Input::Quit, "{quit:?}");
-        }
-        assert_eq!(input(&key(KeyCode::Char('c'), KeyModifiers::NONE)), Input::Nothing);
-        assert_eq!(input(&key(KeyCode::Char('x'), KeyModifiers::NONE)), Input::Nothing);
-        assert_eq!(input(&Event::Resize(80, 24)), Input::Redraw);
-        let release = Event::Key(KeyEvent { kind: KeyEventKind::Release, ..KeyEvent::new(KeyCode::Char('q'), KeyModifiers::NONE) });
-        assert_eq!(input(&release), Input::Nothing);
     }
 }

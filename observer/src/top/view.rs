@@ -22,12 +22,9 @@ use crate::{
 const HEADER_LINES: u16 = 5;
 
 pub fn render(frame: &mut Frame, model: &Model) {
-    let [header, table, status] = Layout::vertical([
-        Constraint::Length(HEADER_LINES),
-        Constraint::Min(0),
-        Constraint::Length(1),
-    ])
-    .areas(frame.area());
+    let [header, table, status] =
+        Layout::vertical([Constraint::Length(HEADER_LINES), Constraint::Min(0), Constraint::Length(1)])
+            .areas(frame.area());
     frame.render_widget(Paragraph::new(header_lines(model)), header);
     render_table(frame, table, model);
     frame.render_widget(Paragraph::new(status_line(model, table)), status);
@@ -91,9 +88,14 @@ fn header_lines(m: &Model) -> Vec<Line<'_>> {
 
     let states = counts("sockets", s.by_state.iter().map(|(st, n)| (state_name(*st), *n)), Style::new());
 
-    let mut bad = counts("zombies", ZombieReason::ALL.iter().map(|r| (r.label(), s.zombies.get(r).copied().unwrap_or(0))), red);
+    let mut bad =
+        counts("zombies", ZombieReason::ALL.iter().map(|r| (r.label(), s.zombies.get(r).copied().unwrap_or(0))), red);
     bad.push(Span::raw("   "));
-    bad.extend(counts("stalled", StallReason::ALL.iter().map(|r| (r.label(), s.stalled.get(r).copied().unwrap_or(0))), yellow));
+    bad.extend(counts(
+        "stalled",
+        StallReason::ALL.iter().map(|r| (r.label(), s.stalled.get(r).copied().unwrap_or(0))),
+        yellow,
+    ));
 
     vec![title, Line::from(memory), queues, Line::from(states), Line::from(bad)]
 }
@@ -109,8 +111,10 @@ fn render_table(frame: &mut Frame, area: Rect, m: &Model) {
         right("NO ACK".into()),
         Cell::from("CLASS"),
     ];
+    // The peer takes what the other columns leave, up to the longest IPv6
+    // `[addr]:port`; beyond that the table keeps to the left.
     let mut widths = vec![
-        Constraint::Min(15),
+        Constraint::Max(47),
         Constraint::Length(11),
         Constraint::Length(10),
         Constraint::Length(10),
@@ -192,9 +196,22 @@ mod tests {
         ];
         model::sort(&mut rows);
         let summary = Summary {
-            by_state: BTreeMap::from([(tcp_state::ESTABLISHED, 3), (tcp_state::CLOSE_WAIT, 1), (tcp_state::FIN_WAIT1, 1), (tcp_state::LISTEN, 1)]),
-            zombies: BTreeMap::from([(ZombieReason::DeadPeer, 1), (ZombieReason::CloseWait, 1), (ZombieReason::Orphaned, 1)]),
-            zombie_bytes: BTreeMap::from([(ZombieReason::DeadPeer, 2_150_000), (ZombieReason::CloseWait, 300), (ZombieReason::Orphaned, 7_000)]),
+            by_state: BTreeMap::from([
+                (tcp_state::ESTABLISHED, 3),
+                (tcp_state::CLOSE_WAIT, 1),
+                (tcp_state::FIN_WAIT1, 1),
+                (tcp_state::LISTEN, 1),
+            ]),
+            zombies: BTreeMap::from([
+                (ZombieReason::DeadPeer, 1),
+                (ZombieReason::CloseWait, 1),
+                (ZombieReason::Orphaned, 1),
+            ]),
+            zombie_bytes: BTreeMap::from([
+                (ZombieReason::DeadPeer, 2_150_000),
+                (ZombieReason::CloseWait, 300),
+                (ZombieReason::Orphaned, 7_000),
+            ]),
             stalled: BTreeMap::from([(StallReason::ZeroWindow, 1)]),
             stalled_bytes: BTreeMap::from([(StallReason::ZeroWindow, 900_000)]),
             unsent: 2_900_300,
@@ -236,7 +253,12 @@ mod tests {
         assert!(text.contains("rss 50.0 MiB  anon 30.0 MiB"), "{text}");
         // 2_150_000 + 300 + 7_000 + 900_000 bytes on zombie and stalled sockets.
         assert!(text.contains(&format!("stuck in zombies+stalled {}", format::bytes(3_057_300))), "{text}");
-        let queues = format!("send queue {} = unsent {} + unacked {}", format::bytes(3_057_300), format::bytes(2_900_300), format::bytes(157_000));
+        let queues = format!(
+            "send queue {} = unsent {} + unacked {}",
+            format::bytes(3_057_300),
+            format::bytes(2_900_300),
+            format::bytes(157_000)
+        );
         assert!(text.contains(&queues), "{text}");
         assert!(text.contains("established 3  fin_wait1 1  close_wait 1  listen 1"), "{text}");
         assert!(text.contains("dead_peer 1  close_wait 1  orphaned 1"), "{text}");
@@ -252,7 +274,8 @@ mod tests {
     #[test]
     fn rows_come_in_queued_bytes_order_with_their_class() {
         let screen = draw(&sample(), 80, 24);
-        let order: Vec<usize> = ["40003", "40004", "40005", "40002", "40001"].iter().map(|p| line_with(&screen, p).0).collect();
+        let order: Vec<usize> =
+            ["40003", "40004", "40005", "40002", "40001"].iter().map(|p| line_with(&screen, p).0).collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "rows out of order: {order:?}\n{}", screen.join("\n"));
         let (_, dead) = line_with(&screen, "198.18.0.2:40003");
         for cell in ["established", "2000000", "150000", "4", "12.3s", "dead_peer"] {
@@ -281,7 +304,12 @@ mod tests {
 
     #[test]
     fn errors_and_missing_targets_are_said_not_hidden() {
-        let m = Model { error: Some("opening network namespace of pid 9: gone".into()), pids: vec![], rss: None, ..sample() };
+        let m = Model {
+            error: Some("opening network namespace of pid 9: gone".into()),
+            pids: vec![],
+            rss: None,
+            ..sample()
+        };
         let text = draw(&m, 80, 24).join("\n");
         assert!(text.contains("no process matches"), "{text}");
         assert!(text.contains("rss unknown"), "{text}");
