@@ -129,9 +129,7 @@ impl Agent {
         while !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
             match self.sweep() {
-                Ok(()) => {
-                    *self.shared.last_sweep.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
-                }
+                Ok(()) => {}
                 Err(e) => {
                     self.metrics.sweep_errors.inc();
                     warn!("sweep failed: {e}");
@@ -190,6 +188,7 @@ impl Agent {
         self.metrics.target_up.set(i64::from(!scan.pids.is_empty()));
         self.metrics.target_processes.set(scan.pids.len() as i64);
         *self.shared.pids.lock().unwrap_or_else(|p| p.into_inner()) = scan.pids;
+        *self.shared.last_sweep.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         Ok(())
     }
 

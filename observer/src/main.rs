@@ -92,7 +92,6 @@ fn run(args: RunArgs) -> Result<()> {
     let shared = Arc::new(Shared::default());
     let agent = start_agent(&args.target, &args.sweep, &args.kernel, metrics.clone(), shared.clone())?;
     let selector = agent.selector.clone();
-    let shared = Arc::new(Shared::default());
     let stop = Arc::new(AtomicBool::new(false));
     let sweeper = {
         let (stop, interval) = (stop.clone(), args.sweep.interval);
