@@ -66,6 +66,8 @@ pub fn observer_sockets(ctx: *mut IterTcpCtx) -> i32 {
         jiffies: unsafe { bpf_jiffies64() } as u32,
         rcv_tstamp: read(sk, off!(rcv_tstamp)),
         lrcvtime: read(sk, off!(icsk_lrcvtime)),
+        // Offset 0 marks a kernel without the field.
+        probes_tstamp: if off!(icsk_probes_tstamp) != 0 { read(sk, off!(icsk_probes_tstamp)) } else { 0 },
         ..SockRecord::default()
     };
     if rec.family == AF_INET6 {

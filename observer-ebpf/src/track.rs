@@ -22,8 +22,10 @@ fn is_target(tgid: u32) -> bool {
 }
 
 /// Starts tracking `sk` for `owner`. Returns false when the map refused it.
+/// `birth` replaces whatever an earlier socket at the same address left
+/// behind; otherwise the first writer wins.
 #[inline(always)]
-fn start(sk: u64, owner: u32, flags: u32, now: u64) -> bool {
+fn start(sk: u64, owner: u32, flags: u32, now: u64, birth: bool) -> bool {
     let events = SockEvents {
         owner_tgid: owner,
         flags,
@@ -31,8 +33,9 @@ fn start(sk: u64, owner: u32, flags: u32, now: u64) -> bool {
         last_progress_ns: now,
         ..SockEvents::default()
     };
-    // BPF_NOEXIST: never clobber what another CPU recorded first.
-    match SOCKS.insert(sk, events, 1) {
+    // BPF_ANY (0) at birth; BPF_NOEXIST (1) otherwise, never to clobber
+    // what another CPU recorded first.
+    match SOCKS.insert(sk, events, if birth { 0 } else { 1 }) {
         Ok(()) => true,
         Err(e) if e == -17 => true, // EEXIST
         Err(_) => {
@@ -68,7 +71,7 @@ pub fn on_send(sk: u64) {
         }
         None => {
             let tgid = current_tgid();
-            if is_target(tgid) && start(sk, tgid, 0, now) {
+            if is_target(tgid) && start(sk, tgid, 0, now, false) {
                 bump(tgid, Counter::Sends);
             }
         }
@@ -92,7 +95,7 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
         // connect() runs in the caller's context: attribute by current.
         let tgid = current_tgid();
         if is_target(tgid) {
-            start(sk, tgid, 0, now);
+            start(sk, tgid, 0, now, true);
         }
         return;
     }
@@ -105,7 +108,7 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
         };
         if let Some(owner) = TARGET_PORTS.get_ptr(key) {
             let owner = unsafe { *owner };
-            if start(sk, owner, FLAG_COUNTED_OPEN, now) {
+            if start(sk, owner, FLAG_COUNTED_OPEN, now, true) {
                 bump(owner, Counter::Opened);
             }
         }

@@ -66,6 +66,9 @@ pub struct Agent {
     pub thresholds: Thresholds,
     pub metrics: Metrics,
     pub shared: Arc<Shared>,
+    /// The kernel map came from a previous observer: entries of sockets that
+    /// died while nobody watched are dropped after the first sweep.
+    pub purge_stale_on_first_sweep: bool,
     table: SocketTable,
     own_netns: Option<u64>,
     tgids: HashSet<u32>,
@@ -115,6 +118,7 @@ impl Agent {
             thresholds,
             metrics,
             shared,
+            purge_stale_on_first_sweep: false,
             table: SocketTable::with_tick(jiffy_ns()),
             own_netns: target::own_netns(),
             tgids: HashSet::new(),
@@ -169,6 +173,9 @@ impl Agent {
             records.extend(iter::read_sockets(&mut self.probes.ebpf, file.as_ref())?);
         }
 
+        if std::mem::take(&mut self.purge_stale_on_first_sweep) {
+            self.purge_stale(&records);
+        }
         let now = monotonic_ns();
         let actions = self.table.sweep(now, &records, &scan.inode_owner, &targets, &self.thresholds);
         for (sk, owner, snd_una) in actions.track {
@@ -190,6 +197,15 @@ impl Agent {
         *self.shared.pids.lock().unwrap_or_else(|p| p.into_inner()) = scan.pids;
         *self.shared.last_sweep.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         Ok(())
+    }
+
+    fn purge_stale(&mut self, records: &[observer_common::SockRecord]) {
+        let alive: HashSet<u64> = records.iter().map(|r| r.sk).collect();
+        let stale: Vec<u64> = self.maps.socks.keys().filter_map(Result::ok).filter(|sk| !alive.contains(sk)).collect();
+        for sk in &stale {
+            let _ = self.maps.socks.remove(sk);
+        }
+        log::info!("dropped {} entries of sockets that closed while no observer ran", stale.len());
     }
 
     fn sync_tgids(&mut self, pids: &[u32]) {

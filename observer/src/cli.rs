@@ -70,6 +70,14 @@ pub struct RunArgs {
     pub sweep: SweepArgs,
     #[command(flatten)]
     pub kernel: KernelArgs,
+    /// bpffs directory where per-socket state is pinned while running, so a
+    /// restarted observer (after a crash or SIGKILL) continues where it was;
+    /// removed on a clean shutdown.
+    #[arg(long, default_value = "/sys/fs/bpf/observer", value_name = "PATH")]
+    pub pin_dir: std::path::PathBuf,
+    /// Do not pin anything: a restart starts every clock afresh.
+    #[arg(long)]
+    pub no_pin: bool,
 }
 
 #[derive(Args, Debug)]

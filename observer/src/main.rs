@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use log::info;
+use log::{info, warn};
 
 use crate::{
     agent::{Agent, Shared},
@@ -26,6 +26,7 @@ use crate::{
     metrics::{Metrics, ProbeLabel},
     probes::{
         loader::{self, LoadOptions},
+        pins::{self, PinDir},
         plan::{self, Hook},
     },
 };
@@ -45,8 +46,8 @@ fn main() {
     }
 }
 
-fn load_options(k: &cli::KernelArgs, max_sockets: u32) -> LoadOptions {
-    LoadOptions { btf_path: k.btf.clone(), max_sockets, forced: k.probe_method.clone() }
+fn load_options(k: &cli::KernelArgs, max_sockets: u32, pins: Option<PinDir>) -> LoadOptions {
+    LoadOptions { btf_path: k.btf.clone(), max_sockets, forced: k.probe_method.clone(), pins }
 }
 
 /// Validates the target, loads and attaches the programs, and returns an
@@ -55,12 +56,17 @@ pub fn start_agent(
     target: &cli::TargetArgs,
     sweep: &cli::SweepArgs,
     kernel: &cli::KernelArgs,
+    pins: Option<PinDir>,
     metrics: Metrics,
     shared: Arc<Shared>,
 ) -> Result<Agent> {
     let selector = target.selector();
     target::validate(&selector).context("target")?;
-    let probes = loader::load(&load_options(kernel, sweep.max_sockets))?;
+    let reused = pins.as_ref().is_some_and(|p| p.reused);
+    let probes = loader::load(&load_options(kernel, sweep.max_sockets, pins))?;
+    if reused {
+        info!("continuing from the state a previous observer pinned");
+    }
     for c in &probes.choices {
         let method = c.method.map_or("none", |m| m.name());
         metrics.probe_info.get_or_create(&ProbeLabel { hook: c.hook.name(), method }).set(1);
@@ -70,6 +76,7 @@ pub fn start_agent(
         }
     }
     let mut agent = Agent::new(probes, selector, sweep.thresholds(), metrics, shared)?;
+    agent.purge_stale_on_first_sweep = reused;
     // The first sweep runs before serving, so the first scrape has numbers.
     agent.sweep().context("first sweep of the kernel's sockets")?;
     Ok(agent)
@@ -90,7 +97,18 @@ fn run(args: RunArgs) -> Result<()> {
     let metrics = Metrics::default();
     let registry = metrics.register();
     let shared = Arc::new(Shared::default());
-    let agent = start_agent(&args.target, &args.sweep, &args.kernel, metrics.clone(), shared.clone())?;
+    let pins = if args.no_pin {
+        None
+    } else {
+        match pins::prepare(&args.pin_dir, &args.target.selector()) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                warn!("not pinning state across restarts: {e}");
+                None
+            }
+        }
+    };
+    let agent = start_agent(&args.target, &args.sweep, &args.kernel, pins.clone(), metrics.clone(), shared.clone())?;
     let selector = agent.selector.clone();
     let stop = Arc::new(AtomicBool::new(false));
     let sweeper = {
@@ -117,6 +135,9 @@ fn run(args: RunArgs) -> Result<()> {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     // Dropping the agent closes every program, link and map: nothing stays attached.
     let _ = sweeper.join();
+    if let Some(p) = pins {
+        p.remove();
+    }
     Ok(())
 }
 
@@ -133,7 +154,7 @@ async fn shutdown_signal() {
 }
 
 fn check(args: CheckArgs) -> Result<()> {
-    let opts = load_options(&args.kernel, 1024);
+    let opts = load_options(&args.kernel, 1024, None);
     let btf = probes::offsets::load_btf(&opts.btf_path).ok();
     let caps = probes::caps::detect(btf.as_ref());
     println!("kernel capabilities:");

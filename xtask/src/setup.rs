@@ -18,6 +18,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "/usr/sbin/ss"),
     ("curl", "/usr/bin/curl"),
     ("tmux", "/usr/bin/tmux"),
+    ("bpftool", "/usr/sbin/bpftool"),
     // prometheus and promtool for observer/tests/prometheus.rs.
     ("prometheus", "/usr/bin/promtool"),
 ];

@@ -53,7 +53,9 @@ pub struct Offsets {
     pub rcv_tstamp: u32,
     /// `inet_connection_sock.icsk_ack.lrcvtime`: jiffies of the last segment received.
     pub icsk_lrcvtime: u32,
-    pub _pad: u32,
+    /// `inet_connection_sock.icsk_probes_tstamp`: jiffies of the first
+    /// zero-window probe of the current episode (Linux 5.12+; 0 = absent).
+    pub icsk_probes_tstamp: u32,
     /// Address of `tcp_write_timer`, so the generic timer hook can pick out
     /// the TCP retransmit/probe timer among every timer in the system.
     pub tcp_write_timer: u64,
@@ -135,6 +137,9 @@ pub struct SockRecord {
     pub jiffies: u32,
     pub rcv_tstamp: u32,
     pub lrcvtime: u32,
+    /// First zero-window probe of the current episode, 0 when none.
+    pub probes_tstamp: u32,
+    pub _pad2: u32,
     pub events: SockEvents,
 }
 
@@ -193,6 +198,6 @@ mod pod {
 
 // The agent parses iterator output as a stream of these; a layout with
 // implicit padding would differ between the two compilers' views.
-const _: () = assert!(core::mem::size_of::<SockRecord>() == 152);
+const _: () = assert!(core::mem::size_of::<SockRecord>() == 160);
 const _: () = assert!(core::mem::size_of::<SockEvents>() == 56);
 const _: () = assert!(core::mem::size_of::<Offsets>() == 136);

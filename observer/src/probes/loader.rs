@@ -28,6 +28,8 @@ pub struct LoadOptions {
     pub max_sockets: u32,
     /// Operator's choice per hook; only that method is tried.
     pub forced: Vec<(Hook, Method)>,
+    /// Where to pin the maps that carry state across a restart.
+    pub pins: Option<super::pins::PinDir>,
 }
 
 /// Which method a hook ended up with, and why the better ones were passed over.
@@ -80,10 +82,20 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
     let aya_btf = AyaBtf::parse_file(&opts.btf_path, Endianness::default())
         .map_err(|e| ProbeError::Object(format!("parsing {}: {e}", opts.btf_path.display())))?;
 
-    let mut ebpf = EbpfLoader::new()
+    let mut loader = EbpfLoader::new();
+    loader
         .btf(Some(&aya_btf))
         .override_global("OFFSETS", &offsets, true)
-        .map_max_entries("SOCKS", opts.max_sockets)
+        .map_max_entries("SOCKS", opts.max_sockets);
+    let pin_paths: Vec<(&str, PathBuf)> = opts
+        .pins
+        .iter()
+        .flat_map(|p| super::pins::PINNED_MAPS.map(|m| (m, p.path.join(m))))
+        .collect();
+    for (name, path) in &pin_paths {
+        loader.map_pin_path(name, path.as_path());
+    }
+    let mut ebpf = loader
         .load(OBJECT)
         .map_err(|e| {
             if is_permission_denied(&e) {

@@ -6,5 +6,6 @@ pub mod errors;
 pub mod kallsyms;
 pub mod loader;
 pub mod offsets;
+pub mod pins;
 pub mod plan;
 pub mod tracefs;

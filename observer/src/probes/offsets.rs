@@ -59,6 +59,8 @@ pub fn resolve(btf: &Btf) -> Result<Offsets, OffsetError> {
         snd_wnd: f("tcp_sock", "snd_wnd")?,
         rcv_tstamp: f("tcp_sock", "rcv_tstamp")?,
         icsk_lrcvtime: f("inet_connection_sock", "icsk_ack.lrcvtime")?,
+        // Optional: older kernels lack it, and the stall is then dated from first sight.
+        icsk_probes_tstamp: f("inet_connection_sock", "icsk_probes_tstamp").unwrap_or(0),
         timer_function: f("timer_list", "function")?,
         ..Offsets::default()
     })

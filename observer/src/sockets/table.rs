@@ -206,7 +206,8 @@ fn update(prev: Option<&Tracked>, owner: u32, rec: &SockRecord, now: u64, tick_n
         }
     });
     let zero_window_at = (rec.snd_wnd == 0 && unsent > 0).then(|| {
-        let seen = prev.and_then(|p| p.zero_window_at).unwrap_or(now);
+        // The kernel stamps the first probe of a zero-window episode.
+        let seen = prev.and_then(|p| p.zero_window_at).unwrap_or_else(|| dated(rec, rec.probes_tstamp, now, tick_ns));
         earliest(ev.map(|e| e.zero_window_since_ns), seen)
     });
 
@@ -296,17 +297,21 @@ mod tests {
         // A 4 ms jiffy; the socket last heard an ACK 2000 jiffies (8 s) ago.
         let mut table = SocketTable::with_tick(4_000_000);
         let targets = HashSet::from([7]);
-        let th = Thresholds { dead_after: std::time::Duration::from_secs(5), close_wait_after: std::time::Duration::from_secs(5), ..Default::default() };
+        let th = Thresholds { dead_after: std::time::Duration::from_secs(5), close_wait_after: std::time::Duration::from_secs(5), stall_after: std::time::Duration::from_secs(5) };
         let dead = SockRecord { snd_una: 10, snd_nxt: 500, write_seq: 500, backoff: 4, retransmits: 4, jiffies: 3000, rcv_tstamp: 1000, ..rec(1, 9, tcp_state::ESTABLISHED) };
         let cw = SockRecord { jiffies: 3000, lrcvtime: 1000, ..rec(2, 8, tcp_state::CLOSE_WAIT) };
-        table.sweep(100 * SEC, &[dead, cw], &owners(&[(9, 7), (8, 7)]), &targets, &th);
+        let zw = SockRecord { snd_wnd: 0, write_seq: 900, snd_nxt: 100, snd_una: 100, pending: 3, jiffies: 3000, probes_tstamp: 1000, ..rec(3, 6, tcp_state::ESTABLISHED) };
+        let owners_ = owners(&[(9, 7), (8, 7), (6, 7)]);
+        table.sweep(100 * SEC, &[dead, cw, zw], &owners_, &targets, &th);
         let s = table.summary(None);
+        assert_eq!(s.stalled.get(&StallReason::ZeroWindow), Some(&1));
         assert_eq!(s.zombies.get(&ZombieReason::DeadPeer), Some(&1), "a restarted observer sees the old stall at once");
         assert_eq!(s.zombies.get(&ZombieReason::CloseWait), Some(&1));
         // Without a tick length nothing is dated: clocks start now.
         let mut table = SocketTable::default();
-        table.sweep(100 * SEC, &[dead, cw], &owners(&[(9, 7), (8, 7)]), &targets, &th);
+        table.sweep(100 * SEC, &[dead, cw, zw], &owners_, &targets, &th);
         assert!(table.summary(None).zombies.is_empty());
+        assert!(table.summary(None).stalled.is_empty());
     }
 
     #[test]
