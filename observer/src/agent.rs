@@ -149,6 +149,12 @@ impl Agent {
         }
     }
 
+    /// Whether any target lives in another network namespace than ours.
+    pub fn needs_setns(&self) -> bool {
+        let pids = self.shared.pids.lock().map(|p| p.clone()).unwrap_or_default();
+        pids.iter().any(|&p| target::procfs::netns_inode(p).ok() != self.own_netns)
+    }
+
     /// The target's sockets as of the last sweep.
     pub fn table(&self) -> &SocketTable {
         &self.table

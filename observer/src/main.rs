@@ -6,6 +6,7 @@ mod classify;
 mod cli;
 mod http;
 mod metrics;
+mod privileges;
 mod probes;
 mod sockets;
 mod target;
@@ -110,6 +111,15 @@ fn run(args: RunArgs) -> Result<()> {
     };
     let agent = start_agent(&args.target, &args.sweep, &args.kernel, pins.clone(), metrics.clone(), shared.clone())?;
     let selector = agent.selector.clone();
+    // Loaded and attached: what is left to do needs far less.
+    // A target picked by name may (re)start in another network namespace;
+    // one picked by PID stays where it is.
+    let setns = matches!(selector, target::Selector::Comm(_)) || agent.needs_setns();
+    match privileges::drop_unneeded(setns) {
+        Ok(dropped) if !dropped.is_empty() => info!("dropped {} capabilities not needed after start-up", dropped.len()),
+        Ok(_) => {}
+        Err(e) => warn!("{e}"),
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let sweeper = {
         let (stop, interval) = (stop.clone(), args.sweep.interval);

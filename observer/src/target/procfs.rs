@@ -58,7 +58,7 @@ pub enum ProcError {
     NoSuchProcess(u32),
     /// The kernel refused access to a file of the process.
     #[error(
-        "permission denied reading {} of process {pid} (run as root or with CAP_SYS_PTRACE)",
+        "permission denied reading {} of process {pid} (run as root or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)",
         path.display()
     )]
     PermissionDenied { pid: u32, path: PathBuf },
@@ -820,7 +820,7 @@ mod tests {
                     pid: 7,
                     path: PathBuf::from("/proc/7/fd"),
                 },
-                "permission denied reading /proc/7/fd of process 7 (run as root or with CAP_SYS_PTRACE)",
+                "permission denied reading /proc/7/fd of process 7 (run as root or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)",
             ),
             (
                 ProcError::MissingField {

@@ -82,8 +82,22 @@ pub struct Observer {
 /// Starts `observer run` with `args` (target included) on a fresh port and
 /// waits until /healthz answers.
 pub fn start_observer(args: &[&str]) -> Observer {
+    start_observer_via(&[], args)
+}
+
+/// Like [`start_observer`], run through `wrapper` (e.g. setpriv and its
+/// options, which exec the observer in place, keeping its PID).
+pub fn start_observer_via(wrapper: &[&str], args: &[&str]) -> Observer {
     let addr = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(OBSERVER)
+    let mut cmd = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut c = Command::new(program);
+            c.args(rest).arg(OBSERVER);
+            c
+        }
+        None => Command::new(OBSERVER),
+    };
+    let child = cmd
         .arg("run")
         .args(args)
         .args(["--listen", &addr])
