@@ -3,6 +3,7 @@
 //! Every task installs what it is missing first (idempotently), so a fresh
 //! machine needs nothing but cargo.
 
+mod bench;
 mod demo;
 mod setup;
 mod sh;
@@ -32,6 +33,9 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Measure overhead, agent cost, scale, connection storms and detection
+    /// latency against same-run baselines; results into BENCHMARKS.md.
+    Bench(bench::BenchArgs),
 }
 
 fn main() {
@@ -41,6 +45,7 @@ fn main() {
         Task::Build => setup::ensure().and_then(|()| build(true)),
         Task::Demo(args) => setup::ensure().and_then(|()| build(true)).and_then(|()| demo::run(&args)),
         Task::Test { args } => setup::ensure().and_then(|()| test(&args)),
+        Task::Bench(args) => bench::main(args),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");

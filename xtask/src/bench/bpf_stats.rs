@@ -1,0 +1,52 @@
+//! The kernel's own run-time accounting of BPF programs: enabled only while
+//! a guard lives (it adds two clock reads per run), read from the observer's
+//! fdinfo, with program names from the JIT's kallsyms entries.
+
+use std::{
+    collections::HashMap,
+    os::fd::{FromRawFd, OwnedFd},
+};
+
+use anyhow::{Result, bail};
+
+use super::procfs;
+
+const BPF_ENABLE_STATS: libc::c_long = 32;
+const BPF_STATS_RUN_TIME: u32 = 0;
+
+/// Run-time statistics are on while this lives (BPF_ENABLE_STATS: the
+/// kernel turns them off again when the fd closes, even if we crash).
+pub struct StatsOn(#[allow(dead_code)] OwnedFd);
+
+pub fn enable() -> Result<StatsOn> {
+    // union bpf_attr { struct { __u32 type; } enable_stats; ... }; the rest zero.
+    let mut attr = [0u8; 16];
+    attr[..4].copy_from_slice(&BPF_STATS_RUN_TIME.to_ne_bytes());
+    // SAFETY: bpf(2) reads `attr.len()` bytes from a valid buffer.
+    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_ENABLE_STATS, attr.as_ptr(), attr.len() as u32) };
+    if fd < 0 {
+        bail!("BPF_ENABLE_STATS: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(StatsOn(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
+}
+
+/// Cumulative (run_time_ns, run_cnt) of `pid`'s programs whose name starts with `prefix`.
+pub fn prog_stats(pid: u32, prefix: &str) -> (u64, u64) {
+    let names = jit_names();
+    procfs::bpf_fds(pid)
+        .into_iter()
+        .filter(|p| p.is_prog())
+        .filter(|p| names.get(p.get("prog_tag")).is_some_and(|n| n.starts_with(prefix)))
+        .fold((0, 0), |(t, c), p| (t + p.num("run_time_ns"), c + p.num("run_cnt")))
+}
+
+/// Program tag -> name, from `bpf_prog_<tag>_<name>` symbols of JIT-ed programs.
+fn jit_names() -> HashMap<String, String> {
+    let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_whitespace().nth(2)?.strip_prefix("bpf_prog_"))
+        .filter_map(|s| s.split_once('_'))
+        .map(|(tag, name)| (tag.to_string(), name.to_string()))
+        .collect()
+}
