@@ -6,6 +6,8 @@ mod classify;
 mod cli;
 mod http;
 mod metrics;
+#[cfg(test)]
+mod parsers_fuzz;
 mod privileges;
 mod probes;
 mod sockets;
