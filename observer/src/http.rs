@@ -1,7 +1,9 @@
 //! `/metrics` and `/healthz`, and nothing else.
 //!
-//! Bounded: at most `MAX_CONNECTIONS` scrapers at once, each connection given
-//! a deadline, so slow or malformed clients cannot starve Prometheus.
+//! Bounded: at most `MAX_CONNECTIONS` connections at once, headers due within
+//! `HEADER_TIMEOUT`, every connection closed at `CONNECTION_DEADLINE`; so
+//! idle, slow or malformed clients cost a bounded amount of memory and free
+//! their slot quickly, and a scrape still gets through.
 
 use std::{
     convert::Infallible,
@@ -18,7 +20,8 @@ use tokio::{net::TcpListener, sync::Semaphore};
 
 use crate::{agent::Shared, metrics::{self, Metrics}, target};
 
-const MAX_CONNECTIONS: usize = 64;
+const MAX_CONNECTIONS: usize = 512;
+const HEADER_TIMEOUT: Duration = Duration::from_secs(3);
 const CONNECTION_DEADLINE: Duration = Duration::from_secs(30);
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -46,7 +49,7 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
             });
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(5))
+                .header_read_timeout(HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONNECTION_DEADLINE, conn).await;
             drop(permit);
