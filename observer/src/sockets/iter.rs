@@ -61,7 +61,7 @@ pub fn decode(buf: &[u8]) -> Result<Vec<SockRecord>, IterError> {
 
 /// Runs `f` with this thread inside the network namespace `ns`, then returns.
 /// A network namespace is per thread, so nothing else in the process moves.
-fn in_netns<T>(ns: &File, f: impl FnOnce() -> T) -> Result<T, IterError> {
+pub(crate) fn in_netns<T>(ns: &File, f: impl FnOnce() -> T) -> Result<T, IterError> {
     let own = File::open("/proc/thread-self/ns/net").map_err(|source| IterError::Netns {
         path: "/proc/thread-self/ns/net".into(),
         source,

@@ -1,4 +1,5 @@
 //! The target's sockets: reading the kernel's view and keeping the table.
 
+pub mod diag;
 pub mod iter;
 pub mod table;
