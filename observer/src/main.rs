@@ -181,8 +181,8 @@ fn check(args: CheckArgs) -> Result<()> {
     }
     if args.verify {
         println!("verifier, per method (load only, no attach):");
-        for a in plan::PLAN {
-            let verdict = match loader::verify(&opts, a) {
+        for (a, verdict) in loader::verify_all(&opts)? {
+            let verdict = match verdict {
                 Ok(()) => "loads".to_string(),
                 Err(e) => format!("refused: {e}"),
             };

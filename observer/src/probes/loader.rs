@@ -247,31 +247,38 @@ fn load_and_attach(prog: &mut Program, a: &Attach, btf: &AyaBtf) -> Result<(), S
     Ok(())
 }
 
-/// Whether the verifier accepts a method's program, without attaching it:
-/// how `observer check --verify` shows that methods this kernel will not
-/// attach (kprobes here) are at least valid programs.
-pub fn verify(opts: &LoadOptions, a: &Attach) -> Result<(), String> {
-    if a.method == Method::Sweep {
-        return Ok(());
-    }
-    let btf = offsets::load_btf(&opts.btf_path).map_err(|e| e.to_string())?;
+/// Whether the verifier accepts each method's program, without attaching
+/// any: how `observer check --verify` shows that methods this kernel will not
+/// attach (kprobes here) are at least valid programs. One object, BTF parsed
+/// once; each program appears in one plan row only, so each loads once.
+pub fn verify_all(opts: &LoadOptions) -> Result<Vec<(&'static Attach, Result<(), String>)>, ProbeError> {
+    let btf = offsets::load_btf(&opts.btf_path)?;
     let caps = caps::detect(Some(&btf));
-    let offsets = kernel_offsets(&btf, &caps).map_err(|e| e.to_string())?;
-    let aya_btf = AyaBtf::parse_file(&opts.btf_path, Endianness::default()).map_err(err)?;
+    let offsets = kernel_offsets(&btf, &caps)?;
+    let aya_btf = AyaBtf::parse_file(&opts.btf_path, Endianness::default())
+        .map_err(|e| ProbeError::Object(format!("parsing {}: {e}", opts.btf_path.display())))?;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&aya_btf))
         .override_global("OFFSETS", &offsets, true)
         .load(OBJECT)
-        .map_err(err)?;
-    let prog = program(&mut ebpf, a.program)?;
+        .map_err(|e| ProbeError::Object(chain(&e)))?;
+    Ok(plan::PLAN.iter().map(|a| (a, verify_one(&mut ebpf, a, &aya_btf))).collect())
+}
+
+fn verify_one(ebpf: &mut Ebpf, a: &Attach, btf: &AyaBtf) -> Result<(), String> {
+    // Methods without a program (the sweep, polling) have nothing to verify.
+    if a.program.is_empty() {
+        return Ok(());
+    }
+    let prog = program(ebpf, a.program)?;
     match a.method {
         Method::Fentry => {
             let p: &mut FEntry = prog.try_into().map_err(err)?;
-            p.load(a.target, &aya_btf).map_err(err)
+            p.load(a.target, btf).map_err(err)
         }
         Method::Fexit => {
             let p: &mut FExit = prog.try_into().map_err(err)?;
-            p.load(a.target, &aya_btf).map_err(err)
+            p.load(a.target, btf).map_err(err)
         }
         Method::Kprobe => {
             let p: &mut KProbe = prog.try_into().map_err(err)?;
@@ -279,7 +286,7 @@ pub fn verify(opts: &LoadOptions, a: &Attach) -> Result<(), String> {
         }
         Method::TpBtf => {
             let p: &mut BtfTracePoint = prog.try_into().map_err(err)?;
-            p.load(a.target, &aya_btf).map_err(err)
+            p.load(a.target, btf).map_err(err)
         }
         Method::RawTracepoint => {
             let p: &mut RawTracePoint = prog.try_into().map_err(err)?;
@@ -291,8 +298,8 @@ pub fn verify(opts: &LoadOptions, a: &Attach) -> Result<(), String> {
         }
         Method::Iter => {
             let p: &mut Iter = prog.try_into().map_err(err)?;
-            p.load(a.target, &aya_btf).map_err(err)
+            p.load(a.target, btf).map_err(err)
         }
-        Method::Sweep => Ok(()),
+        _ => Ok(()),
     }
 }
