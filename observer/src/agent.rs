@@ -19,7 +19,7 @@ use crate::{
     classify::Thresholds,
     metrics::{self, Metrics},
     probes::{errors::ProbeError, loader::Probes},
-    sockets::{iter, table::SocketTable},
+    sockets::{diag, iter, table::SocketTable},
     target::{self, Selector},
 };
 
@@ -36,7 +36,7 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     probes: &mut Probes,
     name: &'static str,
 ) -> Result<T, ProbeError> {
-    let map = probes.ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    let map = probes.ebpf.as_mut().and_then(|e| e.take_map(name)).ok_or(ProbeError::MissingMap(name))?;
     T::try_from(map).map_err(|e| ProbeError::Map { name, reason: e.to_string() })
 }
 
@@ -61,7 +61,8 @@ pub struct Shared {
 
 pub struct Agent {
     pub probes: Probes,
-    pub maps: KernelMaps,
+    /// None when polling sock_diag: no program, no map, no events.
+    pub maps: Option<KernelMaps>,
     pub selector: Selector,
     pub thresholds: Thresholds,
     pub metrics: Metrics,
@@ -81,6 +82,8 @@ pub struct Agent {
 pub enum SweepError {
     #[error(transparent)]
     Iter(#[from] iter::IterError),
+    #[error(transparent)]
+    Diag(#[from] diag::DiagError),
     #[error("opening network namespace of pid {pid}: {source}")]
     Netns { pid: u32, source: std::io::Error },
 }
@@ -110,7 +113,11 @@ impl Agent {
         metrics: Metrics,
         shared: Arc<Shared>,
     ) -> Result<Self, ProbeError> {
-        let maps = KernelMaps::take(&mut probes)?;
+        let (maps, tick) = if probes.sock_diag() {
+            (None, diag::TICK_NS)
+        } else {
+            (Some(KernelMaps::take(&mut probes)?), jiffy_ns())
+        };
         Ok(Agent {
             probes,
             maps,
@@ -119,7 +126,7 @@ impl Agent {
             metrics,
             shared,
             purge_stale_on_first_sweep: false,
-            table: SocketTable::with_tick(jiffy_ns()),
+            table: SocketTable::with_tick(tick),
             own_netns: target::own_netns(),
             tgids: HashSet::new(),
             ports: HashMap::new(),
@@ -155,6 +162,12 @@ impl Agent {
         pids.iter().any(|&p| target::procfs::netns_inode(p).ok() != self.own_netns)
     }
 
+    /// Whether kernel events are observed (the probes are attached), so
+    /// their counters mean something.
+    pub fn events_available(&self) -> bool {
+        self.maps.is_some()
+    }
+
     /// The target's sockets as of the last sweep.
     pub fn table(&self) -> &SocketTable {
         &self.table
@@ -176,7 +189,12 @@ impl Agent {
                 let pid = ns_pids[0];
                 Some(target::open_netns(pid).map_err(|source| SweepError::Netns { pid, source })?)
             };
-            records.extend(iter::read_sockets(&mut self.probes.ebpf, file.as_ref())?);
+            records.extend(if self.probes.sock_diag() {
+                diag::read_sockets(file.as_ref())?
+            } else {
+                let ebpf = self.probes.ebpf.as_mut().ok_or(iter::IterError::NotLoaded)?;
+                iter::read_sockets(ebpf, file.as_ref())?
+            });
         }
 
         if std::mem::take(&mut self.purge_stale_on_first_sweep) {
@@ -184,12 +202,14 @@ impl Agent {
         }
         let now = monotonic_ns();
         let actions = self.table.sweep(now, &records, &scan.inode_owner, &targets, &self.thresholds);
-        for (sk, owner, snd_una) in actions.track {
-            let ev = SockEvents { owner_tgid: owner, snd_una, last_progress_ns: now, ..Default::default() };
-            // BPF_NOEXIST: a probe that got there first knows better.
-            match self.maps.socks.insert(sk, ev, 1) {
-                Ok(()) => self.table.mark_kernel_tracked(sk),
-                Err(e) => debug!("tracking socket {sk:#x}: {e}"),
+        if let Some(maps) = self.maps.as_mut() {
+            for (sk, owner, snd_una) in actions.track {
+                let ev = SockEvents { owner_tgid: owner, snd_una, last_progress_ns: now, ..Default::default() };
+                // BPF_NOEXIST: a probe that got there first knows better.
+                match maps.socks.insert(sk, ev, 1) {
+                    Ok(()) => self.table.mark_kernel_tracked(sk),
+                    Err(e) => debug!("tracking socket {sk:#x}: {e}"),
+                }
             }
         }
         self.metrics.add_dropped(metrics::DROP_EVICTED, actions.evicted);
@@ -206,35 +226,38 @@ impl Agent {
     }
 
     fn purge_stale(&mut self, records: &[observer_common::SockRecord]) {
+        let Some(maps) = self.maps.as_mut() else { return };
         let alive: HashSet<u64> = records.iter().map(|r| r.sk).collect();
-        let stale: Vec<u64> = self.maps.socks.keys().filter_map(Result::ok).filter(|sk| !alive.contains(sk)).collect();
+        let stale: Vec<u64> = maps.socks.keys().filter_map(Result::ok).filter(|sk| !alive.contains(sk)).collect();
         for sk in &stale {
-            let _ = self.maps.socks.remove(sk);
+            let _ = maps.socks.remove(sk);
         }
         log::info!("dropped {} entries of sockets that closed while no observer ran", stale.len());
     }
 
     fn sync_tgids(&mut self, pids: &[u32]) {
+        let Some(maps) = self.maps.as_mut() else { return };
         let want: HashSet<u32> = pids.iter().copied().collect();
         for gone in self.tgids.difference(&want).copied().collect::<Vec<_>>() {
-            let _ = self.maps.tgids.remove(&gone);
+            let _ = maps.tgids.remove(&gone);
             self.tgids.remove(&gone);
         }
         for pid in want {
-            if !self.tgids.contains(&pid) && self.maps.tgids.insert(pid, 1, 0).is_ok() {
+            if !self.tgids.contains(&pid) && maps.tgids.insert(pid, 1, 0).is_ok() {
                 self.tgids.insert(pid);
             }
         }
     }
 
     fn sync_ports(&mut self, want: HashMap<(u32, u16), u32>) {
+        let Some(maps) = self.maps.as_mut() else { return };
         let key = |(netns, port): (u32, u16)| PortKey { netns, port, _pad: 0 };
         for (k, _) in self.ports.iter().filter(|(k, _)| !want.contains_key(k)) {
-            let _ = self.maps.ports.remove(&key(*k));
+            let _ = maps.ports.remove(&key(*k));
         }
         for (k, owner) in &want {
             if self.ports.get(k) != Some(owner) {
-                let _ = self.maps.ports.insert(key(*k), *owner, 0);
+                let _ = maps.ports.insert(key(*k), *owner, 0);
             }
         }
         self.ports = want;
@@ -243,9 +266,10 @@ impl Agent {
     /// Adds what the kernel counted since the last sweep; forgets processes
     /// that are no longer targets after taking their final counts.
     fn collect_counters(&mut self, targets: &HashSet<u32>) {
+        let Some(maps) = self.maps.as_mut() else { return };
         let known: HashSet<u32> = self.last_counters.keys().copied().chain(targets.iter().copied()).collect();
         for pid in known {
-            let now = match self.maps.counters.get(&pid, 0) {
+            let now = match maps.counters.get(&pid, 0) {
                 Ok(per_cpu) => per_cpu.iter().fold(ProcCounters::default(), |mut a, c| {
                     a.retransmits += c.retransmits;
                     a.rto_timeouts += c.rto_timeouts;
@@ -270,15 +294,16 @@ impl Agent {
             if targets.contains(&pid) {
                 self.last_counters.insert(pid, now);
             } else {
-                let _ = self.maps.counters.remove(&pid);
+                let _ = maps.counters.remove(&pid);
                 self.last_counters.remove(&pid);
             }
         }
     }
 
     fn collect_drops(&mut self) {
+        let Some(maps) = self.maps.as_ref() else { return };
         for reason in 0..drop_reason::COUNT {
-            let Ok(per_cpu) = self.maps.drops.get(&reason, 0) else { continue };
+            let Ok(per_cpu) = maps.drops.get(&reason, 0) else { continue };
             let total: u64 = per_cpu.iter().sum();
             let slot = &mut self.last_drops[reason as usize];
             self.metrics.add_dropped(reason as usize, total.saturating_sub(*slot));

@@ -54,9 +54,27 @@ pub struct KernelArgs {
     pub btf: PathBuf,
     /// Force one attach method for a hook, e.g. `send=tracepoint` (repeatable).
     /// Hooks: send, close, state, timer, retransmit, sockets. Methods: fentry,
-    /// fexit, kprobe, tp_btf, raw_tracepoint, tracepoint, iter, sweep.
+    /// fexit, kprobe, tp_btf, raw_tracepoint, tracepoint, iter, sweep, and
+    /// sock_diag for sockets (no eBPF at all: see --fallback).
     #[arg(long = "probe-method", value_name = "HOOK=METHOD", value_parser = parse_forced)]
     pub probe_method: Vec<(Hook, Method)>,
+    /// What to do where the kernel or the sandbox refuses eBPF (no CAP_BPF or
+    /// CAP_PERFMON, a seccomp filter, BPF compiled out). `sock_diag`: poll the
+    /// kernel's socket diagnostics as `ss` does, with a warning; socket gauges
+    /// and zombie classes keep working, but the event counters (retransmits,
+    /// RTO timeouts, zero-window and loss probes, connections opened and
+    /// closed) are absent from /metrics and observer_probe_info says
+    /// method="sock_diag". `none`: exit with the privilege error instead, for
+    /// deployments that must not run degraded.
+    #[arg(long, value_enum, default_value = "sock_diag", value_name = "MODE")]
+    pub fallback: Fallback,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fallback {
+    #[value(name = "sock_diag")]
+    SockDiag,
+    None,
 }
 
 #[derive(Args, Debug)]
@@ -204,7 +222,7 @@ fn parse_forced(s: &str) -> Result<(Hook, Method), String> {
         .find(|x| x.name() == h)
         .ok_or_else(|| format!("unknown hook `{h}` (send, close, state, timer, retransmit, sockets)"))?;
     let method = Method::parse(m).ok_or_else(|| {
-        format!("unknown method `{m}` (fentry, fexit, kprobe, tp_btf, raw_tracepoint, tracepoint, iter, sweep)")
+        format!("unknown method `{m}` (fentry, fexit, kprobe, tp_btf, raw_tracepoint, tracepoint, iter, sweep, sock_diag)")
     })?;
     Ok((hook, method))
 }
@@ -232,6 +250,7 @@ mod tests {
             assert!(parse_pid(bad).is_err(), "{bad}");
         }
         assert_eq!(parse_forced("send=kprobe"), Ok((Hook::Send, Method::Kprobe)));
+        assert_eq!(parse_forced("sockets=sock_diag"), Ok((Hook::Sockets, Method::SockDiag)));
         assert!(parse_forced("send").is_err());
         assert!(parse_forced("sned=kprobe").is_err());
         assert!(parse_forced("send=uprobe").is_err());

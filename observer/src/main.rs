@@ -30,7 +30,7 @@ use crate::{
     probes::{
         loader::{self, LoadOptions},
         pins::{self, PinDir},
-        plan::{self, Hook},
+        plan::Hook,
     },
 };
 
@@ -50,7 +50,13 @@ fn main() {
 }
 
 fn load_options(k: &cli::KernelArgs, max_sockets: u32, pins: Option<PinDir>) -> LoadOptions {
-    LoadOptions { btf_path: k.btf.clone(), max_sockets, forced: k.probe_method.clone(), pins }
+    LoadOptions {
+        btf_path: k.btf.clone(),
+        max_sockets,
+        forced: k.probe_method.clone(),
+        pins,
+        fallback: k.fallback == cli::Fallback::SockDiag,
+    }
 }
 
 /// Validates the target, loads and attaches the programs, and returns an
@@ -98,7 +104,6 @@ fn run(args: RunArgs) -> Result<()> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
 
     let metrics = Metrics::default();
-    let registry = metrics.register();
     let shared = Arc::new(Shared::default());
     let pins = if args.no_pin {
         None
@@ -112,6 +117,9 @@ fn run(args: RunArgs) -> Result<()> {
         }
     };
     let agent = start_agent(&args.target, &args.sweep, &args.kernel, pins.clone(), metrics.clone(), shared.clone())?;
+    // Registered once the mode is known: without probes the event counters
+    // are left out rather than shown as zeros.
+    let registry = metrics.register(agent.events_available());
     let selector = agent.selector.clone();
     // Loaded and attached: what is left to do needs far less.
     // A target picked by name may (re)start in another network namespace;
@@ -196,6 +204,7 @@ fn check(args: CheckArgs) -> Result<()> {
         let Some(c) = probes.choices.iter().find(|c| c.hook == hook) else { continue };
         match c.method {
             Some(m) => println!("  {:<10} {:<14} {}", hook.name(), m.name(), c.target),
+            None if probes.sock_diag() => println!("  {:<10} {:<14} (no eBPF: sockets polled through sock_diag)", hook.name(), "none"),
             None => {
                 println!("  {:<10} {:<14} ({})", hook.name(), "none", loader::describe_rejections(&c.rejected));
                 if hook.required() {

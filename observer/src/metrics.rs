@@ -92,7 +92,10 @@ pub const DROP_REASONS: [&str; 5] =
 pub const DROP_EVICTED: usize = 4;
 
 impl Metrics {
-    pub fn register(&self) -> Registry {
+    /// `events`: whether kernel events are observed at all. Without them
+    /// (sock_diag mode) their counters are left out of the registry, so
+    /// they are absent rather than a misleading 0.
+    pub fn register(&self, events: bool) -> Registry {
         let mut r = Registry::with_prefix("observer");
         r.register("target_up", "1 while at least one target process exists", self.target_up.clone());
         r.register("target_processes", "Number of processes matched by the target selector", self.target_processes.clone());
@@ -105,12 +108,14 @@ impl Metrics {
         r.register_with_unit("unacked", "Bytes sent but not acknowledged by the peer, over all target sockets", Unit::Bytes, self.unacked.clone());
         r.register_with_unit("send_queue", "Unsent plus unacked bytes (ss Send-Q), over all target sockets", Unit::Bytes, self.send_queue.clone());
         r.register_with_unit("zombie_queued", "Send-queue bytes held in zombie and stalled sockets, by reason", Unit::Bytes, self.zombie_queued.clone());
-        r.register("retransmits", "Segments retransmitted on target sockets", self.events.retransmits.clone());
-        r.register("rto_timeouts", "Retransmission timeouts (RTO) on target sockets", self.events.rto_timeouts.clone());
-        r.register("zero_window_probes", "Zero-window (persist timer) probes sent on target sockets", self.events.zero_window_probes.clone());
-        r.register("loss_probes", "Tail-loss probes sent on target sockets", self.events.loss_probes.clone());
-        r.register("connections_opened", "Target connections seen becoming established", self.events.opened.clone());
-        r.register("connections_closed", "Target connections seen opening, then closing", self.events.closed.clone());
+        if events {
+            r.register("retransmits", "Segments retransmitted on target sockets", self.events.retransmits.clone());
+            r.register("rto_timeouts", "Retransmission timeouts (RTO) on target sockets", self.events.rto_timeouts.clone());
+            r.register("zero_window_probes", "Zero-window (persist timer) probes sent on target sockets", self.events.zero_window_probes.clone());
+            r.register("loss_probes", "Tail-loss probes sent on target sockets", self.events.loss_probes.clone());
+            r.register("connections_opened", "Target connections seen becoming established", self.events.opened.clone());
+            r.register("connections_closed", "Target connections seen opening, then closing", self.events.closed.clone());
+        }
         r.register("tracked_sockets", "Sockets in the observer's table (all targets)", self.tracked_sockets.clone());
         r.register("events_dropped", "Events or sockets the observer could not account for, by reason", self.events_dropped.clone());
         r.register("probe_info", "Attach method each hook uses on this kernel (value 1)", self.probe_info.clone());
@@ -180,7 +185,7 @@ mod tests {
     #[test]
     fn names_follow_conventions() {
         let m = Metrics::default();
-        let r = m.register();
+        let r = m.register(true);
         let text = encode(&r).expect("encodes");
         for name in [
             "observer_target_rss_bytes",
@@ -209,7 +214,7 @@ mod tests {
     #[test]
     fn publish_sets_sums_and_send_queue() {
         let m = Metrics::default();
-        let r = m.register();
+        let r = m.register(true);
         let mut s = Summary { unsent: 10, unacked: 5, tracked: 3, ..Default::default() };
         s.by_state.insert(8, 2);
         s.zombies.insert(ZombieReason::CloseWait, 2);
@@ -218,6 +223,17 @@ mod tests {
         assert!(text.contains("\nobserver_send_queue_bytes 15\n"));
         assert!(text.contains("\nobserver_tcp_sockets{state=\"close_wait\"} 2\n"));
         assert!(text.contains("\nobserver_zombie_sockets{reason=\"close_wait\"} 2\n"));
+        assert!(text.contains("\nobserver_zombie_sockets{reason=\"dead_peer\"} 0\n"));
+    }
+
+    #[test]
+    fn without_events_their_counters_are_absent_not_zero() {
+        let m = Metrics::default();
+        let text = encode(&m.register(false)).expect("encodes");
+        for name in ["retransmits", "rto_timeouts", "zero_window_probes", "loss_probes", "connections_opened", "connections_closed"] {
+            assert!(!text.contains(&format!("observer_{name}")), "{name} registered without events:\n{text}");
+        }
+        assert!(text.contains("\nobserver_send_queue_bytes 0\n"), "gauges stay");
         assert!(text.contains("\nobserver_zombie_sockets{reason=\"dead_peer\"} 0\n"));
     }
 }

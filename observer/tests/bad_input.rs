@@ -96,7 +96,9 @@ fn missing_privileges() {
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
         .arg(OBSERVER)
-        .args(["run", "--pid", &target.pid().to_string(), "--listen", "127.0.0.1:0"])
+        // Without the sock_diag fallback (tests/sock_diag.rs covers it), the
+        // refusal must be one clear line.
+        .args(["run", "--pid", &target.pid().to_string(), "--listen", "127.0.0.1:0", "--fallback", "none"])
         .env("RUST_LOG", "off")
         .output()
         .expect("run observer as nobody");

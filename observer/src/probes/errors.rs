@@ -19,14 +19,33 @@ pub enum ProbeError {
     MissingMap(&'static str),
     #[error("eBPF map {name}: {reason}")]
     Map { name: &'static str, reason: String },
+    /// The bpf() syscall is missing (ENOSYS) or rejects our maps (EINVAL):
+    /// BPF compiled out, filtered by seccomp, or a kernel too old.
+    #[error("this kernel does not support the eBPF the observer needs: {0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl ProbeError {
+    /// The kernel or sandbox refuses BPF as such, rather than one method:
+    /// where polling sock_diag can stand in.
+    pub fn bpf_refused(&self) -> bool {
+        matches!(self, ProbeError::Permission(_) | ProbeError::Unsupported(_))
+    }
 }
 
 /// Whether an aya error was, at its root, the kernel refusing permission.
 pub fn is_permission_denied(err: &(dyn std::error::Error + 'static)) -> bool {
+    has_errno(err, &[libc::EPERM, libc::EACCES])
+}
+
+/// Whether any OS error among an error's causes has one of these errnos.
+pub fn has_errno(err: &(dyn std::error::Error + 'static), errnos: &[i32]) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(io) = e.downcast_ref::<std::io::Error>()
-            && matches!(io.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES))
+            && io.raw_os_error().is_some_and(|n| errnos.contains(&n))
         {
             return true;
         }

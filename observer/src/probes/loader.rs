@@ -11,7 +11,7 @@ use observer_common::Offsets;
 
 use super::{
     caps,
-    errors::{ProbeError, chain, is_permission_denied},
+    errors::{ProbeError, chain, has_errno, is_permission_denied},
     kallsyms, offsets,
     plan::{self, Attach, Capabilities, Hook, Method},
     tracefs,
@@ -30,6 +30,9 @@ pub struct LoadOptions {
     pub forced: Vec<(Hook, Method)>,
     /// Where to pin the maps that carry state across a restart.
     pub pins: Option<super::pins::PinDir>,
+    /// Where the kernel or the sandbox refuses BPF, poll sock_diag rather
+    /// than fail.
+    pub fallback: bool,
 }
 
 /// Which method a hook ended up with, and why the better ones were passed over.
@@ -42,9 +45,68 @@ pub struct Choice {
 }
 
 pub struct Probes {
-    pub ebpf: Ebpf,
+    /// None when polling sock_diag: nothing was loaded into the kernel.
+    pub ebpf: Option<Ebpf>,
     pub caps: Capabilities,
     pub choices: Vec<Choice>,
+}
+
+impl Probes {
+    /// The sockets hook polls sock_diag: no program, no map, no events.
+    pub fn sock_diag(&self) -> bool {
+        self.choices.iter().any(|c| c.hook == Hook::Sockets && c.method == Some(Method::SockDiag))
+    }
+}
+
+/// Loads and attaches the programs; or loads nothing and polls sock_diag,
+/// when the operator forces it or, with `fallback`, when BPF is refused.
+pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
+    if opts.forced.contains(&(Hook::Sockets, Method::SockDiag)) {
+        if let Some((h, m)) = opts.forced.iter().find(|(h, _)| *h != Hook::Sockets) {
+            return Err(ProbeError::Conflict(format!(
+                "--probe-method {h}={m} cannot go with sockets=sock_diag, which loads no eBPF program"
+            )));
+        }
+        return sock_diag_only(opts, "not tried: sockets=sock_diag was forced".into())
+            .map_err(|e| ProbeError::RequiredHook { hook: Hook::Sockets, tried: format!("sock_diag: {e}") });
+    }
+    match load_bpf(opts) {
+        Err(e) if opts.fallback && e.bpf_refused() => match sock_diag_only(opts, e.to_string()) {
+            Ok(probes) => {
+                log::warn!(
+                    "{e}; polling the kernel's socket diagnostics (sock_diag) instead: gauges and zombie \
+                     classes keep working, event counters are absent (--fallback none makes this an error)"
+                );
+                Ok(probes)
+            }
+            Err(d) => Err(match e {
+                ProbeError::Permission(s) => ProbeError::Permission(format!("{s}; the sock_diag fallback failed too: {d}")),
+                ProbeError::Unsupported(s) => ProbeError::Unsupported(format!("{s}; the sock_diag fallback failed too: {d}")),
+                other => other,
+            }),
+        },
+        other => other,
+    }
+}
+
+/// The probes of sock_diag mode: nothing loaded, only the sockets hook, once
+/// the kernel has answered a dump (so a failure shows at start, not later).
+fn sock_diag_only(opts: &LoadOptions, why_not_iter: String) -> Result<Probes, crate::sockets::diag::DiagError> {
+    crate::sockets::diag::read_sockets(None)?;
+    let btf = offsets::load_btf(&opts.btf_path).ok();
+    let choices = Hook::ALL
+        .into_iter()
+        .map(|hook| match hook {
+            Hook::Sockets => Choice {
+                hook,
+                method: Some(Method::SockDiag),
+                target: "NETLINK_SOCK_DIAG",
+                rejected: vec![(Method::Iter, why_not_iter.clone())],
+            },
+            _ => Choice { hook, method: None, target: "", rejected: Vec::new() },
+        })
+        .collect();
+    Ok(Probes { ebpf: None, caps: caps::detect(btf.as_ref()), choices })
 }
 
 /// Offsets from BTF, plus the tracefs record layouts and the timer function
@@ -75,7 +137,7 @@ fn kernel_offsets(btf: &btf_rs::Btf, caps: &Capabilities) -> Result<Offsets, Pro
     Ok(o)
 }
 
-pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
+fn load_bpf(opts: &LoadOptions) -> Result<Probes, ProbeError> {
     let btf = offsets::load_btf(&opts.btf_path)?;
     let caps = caps::detect(Some(&btf));
     let offsets = kernel_offsets(&btf, &caps)?;
@@ -100,6 +162,8 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
         .map_err(|e| {
             if is_permission_denied(&e) {
                 ProbeError::Permission(chain(&e))
+            } else if has_errno(&e, &[libc::ENOSYS, libc::EINVAL]) {
+                ProbeError::Unsupported(chain(&e))
             } else {
                 ProbeError::Object(chain(&e))
             }
@@ -119,10 +183,21 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
             }
         }
         for attach in plan::candidates(hook, &caps, forced) {
-            let result = if attach.method == Method::Sweep {
-                if iter_ok { Ok(()) } else { Err("the socket iterator is not loaded".to_string()) }
-            } else {
-                try_attach(&mut ebpf, attach, &aya_btf, &offsets)
+            let result = match attach.method {
+                Method::Sweep if iter_ok => Ok(()),
+                Method::Sweep => Err("the socket iterator is not loaded".to_string()),
+                // Reached when the iterator failed: no program is worth
+                // keeping then, the object is dropped with everything in it.
+                Method::SockDiag if opts.fallback => {
+                    let why = describe_rejections(&choice.rejected);
+                    log::warn!("socket iterator unavailable ({why}); polling sock_diag instead, without event counters");
+                    return sock_diag_only(opts, why.clone()).map_err(|e| ProbeError::RequiredHook {
+                        hook,
+                        tried: format!("{why}; sock_diag: {e}"),
+                    });
+                }
+                Method::SockDiag => Err("not tried: --fallback none".to_string()),
+                _ => try_attach(&mut ebpf, attach, &aya_btf, &offsets),
             };
             match result {
                 Ok(()) => {
@@ -159,7 +234,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
         choices.push(choice);
     }
     choices.sort_by_key(|c| c.hook);
-    Ok(Probes { ebpf, caps, choices })
+    Ok(Probes { ebpf: Some(ebpf), caps, choices })
 }
 
 pub fn describe_rejections(rejected: &[(Method, String)]) -> String {
@@ -242,7 +317,7 @@ fn load_and_attach(prog: &mut Program, a: &Attach, btf: &AyaBtf) -> Result<(), S
             let p: &mut Iter = prog.try_into().map_err(err)?;
             p.load(a.target, btf).map_err(err)?;
         }
-        Method::Sweep => {}
+        Method::Sweep | Method::SockDiag => {}
     }
     Ok(())
 }

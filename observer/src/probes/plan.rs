@@ -10,13 +10,18 @@
 //! | state      | tp_btf `inet_sock_set_state`       | raw_tp `inet_sock_set_state`| tracepoint `sock/inet_sock_set_state` |                               |
 //! | timer      | fentry `tcp_write_timer_handler`   | kprobe `tcp_write_timer_handler` | tp_btf `timer_expire_entry` filtered on `tcp_write_timer` |          |
 //! | retransmit | fentry `tcp_retransmit_skb`        | kprobe `tcp_retransmit_skb` | tp_btf `tcp_retransmit_skb`           | tracepoint `tcp/tcp_retransmit_skb` |
-//! | sockets    | iter `tcp`                         |                             |                                       |                               |
+//! | sockets    | iter `tcp`                         | sock_diag (netlink, no BPF) |                                       |                               |
 //!
 //! fentry/fexit cost least (~35 ns, a direct trampoline call) but need BTF and
 //! kernel trampolines, which some kernels or policies refuse; kprobes work on
 //! nearly any kernel but cost more (~160 ns, an int3 or ftrace detour);
 //! tracepoints are stable ABI and cheap but sit where the kernel put them,
 //! hence the tp_btf stand-ins.
+//!
+//! `sock_diag` is the fallback for kernels or sandboxes that forbid BPF: the
+//! agent polls the kernel's socket diagnostics as `ss` does. It loads no
+//! program, so when the sockets hook uses it no other hook is attached and
+//! the event counters are absent.
 
 use std::fmt;
 
@@ -76,6 +81,8 @@ pub enum Method {
     Iter,
     /// Nothing is attached: the periodic iterator sweep notices the effect.
     Sweep,
+    /// No BPF at all: the sweep polls netlink NETLINK_SOCK_DIAG.
+    SockDiag,
 }
 
 impl Method {
@@ -89,6 +96,7 @@ impl Method {
             Method::Tracepoint => "tracepoint",
             Method::Iter => "iter",
             Method::Sweep => "sweep",
+            Method::SockDiag => "sock_diag",
         }
     }
 
@@ -102,6 +110,7 @@ impl Method {
             Method::Tracepoint,
             Method::Iter,
             Method::Sweep,
+            Method::SockDiag,
         ]
         .into_iter()
         .find(|m| m.name() == s)
@@ -117,6 +126,8 @@ impl Method {
             Method::Tracepoint => &[Need::Tracefs],
             Method::Iter => &[Need::Btf, Need::Iterators],
             Method::Sweep => &[Need::Iterators],
+            // Any kernel with CONFIG_INET_DIAG; whether it answers shows at the first dump.
+            Method::SockDiag => &[],
         }
     }
 }
@@ -161,7 +172,7 @@ impl Need {
 pub struct Attach {
     pub hook: Hook,
     pub method: Method,
-    /// Program name in the eBPF object; empty for `Sweep`.
+    /// Program name in the eBPF object; empty for `Sweep` and `SockDiag`.
     pub program: &'static str,
     /// Kernel function, tracepoint name, `category/name`, or iterator type.
     pub target: &'static str,
@@ -194,6 +205,7 @@ pub const PLAN: &[Attach] = &[
     at(Retransmit, TpBtf, "retransmit_tp_btf", "tcp_retransmit_skb"),
     at(Retransmit, Tracepoint, "retransmit_tracepoint", "tcp/tcp_retransmit_skb"),
     at(Sockets, Iter, "observer_sockets", "tcp"),
+    at(Sockets, SockDiag, "", "NETLINK_SOCK_DIAG"),
 ];
 
 /// The methods of `hook` in order of preference.
@@ -297,7 +309,7 @@ mod tests {
         assert_eq!(first(Hook::Send, &c), Some(Method::Tracepoint));
         assert_eq!(first(Hook::State, &c), Some(Method::RawTracepoint));
         assert_eq!(first(Hook::Timer, &c), None);
-        assert_eq!(first(Hook::Sockets, &c), None, "required hook left without method");
+        assert_eq!(first(Hook::Sockets, &c), Some(Method::SockDiag), "no iterator: poll sock_diag");
     }
 
     #[test]

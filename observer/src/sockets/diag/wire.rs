@@ -12,7 +12,6 @@ pub const NLMSG_DONE: u16 = 3;
 pub const SOCK_DIAG_BY_FAMILY: u16 = 20;
 /// `nlmsghdr.nlmsg_flags` bits.
 pub const NLM_F_REQUEST: u16 = 0x1;
-pub const NLM_F_MULTI: u16 = 0x2;
 pub const NLM_F_DUMP: u16 = 0x300;
 pub const NLM_F_DUMP_INTR: u16 = 0x10;
 /// Attribute types of an `inet_diag_msg` reply.
