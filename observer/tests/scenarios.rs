@@ -22,42 +22,6 @@ fn state(s: &Scrape, state: &str) -> f64 {
     metric(s, &format!("observer_tcp_sockets{{state=\"{state}\"}}"))
 }
 
-/// Waits until a sweep ran after `ss` was read twice with the same result,
-/// then checks the observer's byte gauges and state counts against it.
-fn assert_agrees_with_ss(obs: &Observer, netns: Option<&str>, port: u16) {
-    let mut last = String::new();
-    for _ in 0..40 {
-        let before = ss_sockets(netns, port);
-        let sweeps = metric(&obs.scrape(), "observer_sweeps_total");
-        let m = wait_for(Duration::from_secs(5), "a fresh sweep", || {
-            let s = obs.scrape();
-            (metric(&s, "observer_sweeps_total") >= sweeps + 2.0).then_some(s)
-        });
-        let after = ss_sockets(netns, port);
-        if before != after {
-            last = "kernel state moved during the check".into();
-            continue;
-        }
-        let send_q: u64 = after.iter().map(|s| s.send_q).sum();
-        let notsent: u64 = after.iter().map(|s| s.notsent).sum();
-        let got = (
-            metric(&m, "observer_send_queue_bytes") as u64,
-            metric(&m, "observer_unsent_bytes") as u64,
-            metric(&m, "observer_unacked_bytes") as u64,
-        );
-        let want = (send_q, notsent, send_q - notsent);
-        let states = [("established", "ESTAB"), ("close_wait", "CLOSE-WAIT"), ("fin_wait1", "FIN-WAIT-1")];
-        let state_mismatch = states
-            .iter()
-            .find(|(ours, theirs)| state(&m, ours) as usize != count_state(&after, theirs));
-        if got == want && state_mismatch.is_none() {
-            return;
-        }
-        last = format!("observer (send_q, unsent, unacked) = {got:?}, ss = {want:?}, state mismatch {state_mismatch:?}; ss: {after:?}");
-    }
-    panic!("observer never agreed with ss: {last}");
-}
-
 #[test]
 fn every_class_in_namespaces_matches_the_kernel() {
     require_root();
