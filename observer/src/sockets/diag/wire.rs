@@ -469,4 +469,36 @@ mod tests {
         .concat();
         assert_eq!(messages(&err, 1), Ok(vec![Message::Error(libc::EPERM)]));
     }
+
+    fn decode_all(bytes: &[u8]) {
+        if let Ok(ms) = messages(bytes, 1) {
+            for m in ms {
+                if let Message::Socket(p) = m {
+                    let _ = parse_socket(p);
+                }
+            }
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_decode_or_fail_cleanly(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600)) {
+            decode_all(&bytes);
+            let _ = parse_socket(&bytes);
+        }
+
+        #[test]
+        fn damaged_real_replies_decode_or_fail_cleanly(
+            cut in 0usize..4000,
+            flips in proptest::collection::vec((0usize..4000, 1u8..=255), 0..8),
+        ) {
+            let mut d = IPV4[0].to_vec();
+            for (at, x) in flips {
+                let n = d.len();
+                d[at % n] ^= x;
+            }
+            d.truncate(cut.min(d.len()));
+            decode_all(&d);
+        }
+    }
 }
