@@ -180,7 +180,8 @@ fn update(prev: Option<&Tracked>, owner: u32, rec: &SockRecord, now: u64, tick_n
 
     let mut progress_at = match prev {
         Some(p) if p.record.snd_una == rec.snd_una && unacked != 0 => p.progress_at,
-        Some(_) => now,
+        // Moved since the last sweep: the last ACK, not this sweep, is when.
+        Some(_) => dated(rec, rec.rcv_tstamp, now, tick_ns),
         // First sight: trust the probes if they saw it, else the socket's own
         // stamp of the last ACK it received. No progress can be more recent
         // than that ACK, so the stall is never overstated.
