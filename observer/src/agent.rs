@@ -70,6 +70,8 @@ pub struct Agent {
     /// The kernel map came from a previous observer: entries of sockets that
     /// died while nobody watched are dropped after the first sweep.
     pub purge_stale_on_first_sweep: bool,
+    /// Cap on per-process series (`--max-pids`), against label explosions.
+    pub max_pids: usize,
     table: SocketTable,
     own_netns: Option<u64>,
     tgids: HashSet<u32>,
@@ -126,6 +128,7 @@ impl Agent {
             metrics,
             shared,
             purge_stale_on_first_sweep: false,
+            max_pids: 64,
             table: SocketTable::with_tick(tick),
             own_netns: target::own_netns(),
             tgids: HashSet::new(),
@@ -218,6 +221,15 @@ impl Agent {
         self.collect_drops();
 
         self.metrics.publish(&self.table.summary(None));
+        if self.metrics.per_pid.is_some() {
+            let per: Vec<(u32, _)> = scan
+                .pids
+                .iter()
+                .take(self.max_pids)
+                .map(|&pid| (pid, self.table.summary(Some(&HashSet::from([pid])))))
+                .collect();
+            self.metrics.publish_per_pid(&per);
+        }
         self.metrics.target_up.set(i64::from(!scan.pids.is_empty()));
         self.metrics.target_processes.set(scan.pids.len() as i64);
         *self.shared.pids.lock().unwrap_or_else(|p| p.into_inner()) = scan.pids;

@@ -96,6 +96,15 @@ pub struct RunArgs {
     /// Do not pin anything: a restart starts every clock afresh.
     #[arg(long)]
     pub no_pin: bool,
+    /// Also export per-process series with a `pid` label (process_rss_bytes,
+    /// process_established_sockets, process_zombie_sockets, process_send_queue_bytes)
+    /// for a target of several processes (`--comm` matching a cluster of workers).
+    /// Off by default: PIDs churn, and every one is a new series.
+    #[arg(long)]
+    pub per_pid: bool,
+    /// Most processes given per-process series with --per-pid.
+    #[arg(long, default_value = "64", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub max_pids: u32,
 }
 
 #[derive(Args, Debug)]

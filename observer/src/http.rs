@@ -31,6 +31,7 @@ pub struct State {
     pub shared: Arc<Shared>,
     /// A sweep older than this makes `/healthz` fail.
     pub stale_after: Duration,
+    pub max_pids: usize,
 }
 
 pub async fn serve(listener: TcpListener, state: Arc<State>) {
@@ -77,6 +78,14 @@ fn route<B>(state: &State, req: &Request<B>) -> Response<Full<Bytes>> {
             let (rss, anon) = target::rss(&pids).unwrap_or((0, 0));
             state.metrics.target_rss.set(rss as i64);
             state.metrics.target_rss_anon.set(anon as i64);
+            if let Some(per) = &state.metrics.per_pid {
+                per.rss.clear();
+                for &pid in pids.iter().take(state.max_pids) {
+                    if let Some((r, _)) = target::rss(&[pid]) {
+                        per.rss.get_or_create(&metrics::PidLabel { pid }).set(r as i64);
+                    }
+                }
+            }
             match metrics::encode(&state.registry) {
                 Ok(text) => reply(StatusCode::OK, OPENMETRICS, text),
                 Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "encoding failed\n"),

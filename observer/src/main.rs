@@ -103,7 +103,7 @@ fn run(args: RunArgs) -> Result<()> {
         .block_on(tokio::net::TcpListener::bind(args.listen))
         .with_context(|| format!("cannot listen on {}", args.listen))?;
 
-    let metrics = Metrics::default();
+    let metrics = Metrics { per_pid: args.per_pid.then(Default::default), ..Metrics::default() };
     let shared = Arc::new(Shared::default());
     let pins = if args.no_pin {
         None
@@ -116,7 +116,8 @@ fn run(args: RunArgs) -> Result<()> {
             }
         }
     };
-    let agent = start_agent(&args.target, &args.sweep, &args.kernel, pins.clone(), metrics.clone(), shared.clone())?;
+    let mut agent = start_agent(&args.target, &args.sweep, &args.kernel, pins.clone(), metrics.clone(), shared.clone())?;
+    agent.max_pids = args.max_pids as usize;
     // Registered once the mode is known: without probes the event counters
     // are left out rather than shown as zeros.
     let registry = metrics.register(agent.events_available());
@@ -145,6 +146,7 @@ fn run(args: RunArgs) -> Result<()> {
         metrics,
         shared,
         stale_after: args.sweep.interval * 3 + Duration::from_secs(5),
+        max_pids: args.max_pids as usize,
     });
     runtime.block_on(async {
         tokio::select! {

@@ -28,6 +28,27 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PidLabel {
+    pub pid: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PidReasonLabel {
+    pub pid: u32,
+    pub reason: &'static str,
+}
+
+/// Per-process series, only with `--per-pid`: one set per matched process
+/// (a cluster of workers), bounded by `--max-pids`.
+#[derive(Clone, Default)]
+pub struct PerPid {
+    pub rss: Family<PidLabel, Gauge>,
+    pub established: Family<PidLabel, Gauge>,
+    pub zombies: Family<PidReasonLabel, Gauge>,
+    pub send_queue: Family<PidLabel, Gauge>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProbeLabel {
     pub hook: &'static str,
     pub method: &'static str,
@@ -83,6 +104,7 @@ pub struct Metrics {
     pub sweeps: Counter,
     pub sweep_errors: Counter,
     pub sweep_duration: Gauge<f64, AtomicU64>,
+    pub per_pid: Option<PerPid>,
 }
 
 /// Reasons of `observer_events_dropped_total`, kernel side first (indexed
@@ -122,6 +144,12 @@ impl Metrics {
         r.register("sweeps", "Reconciliation sweeps against the kernel's socket table", self.sweeps.clone());
         r.register("sweep_errors", "Sweeps that failed", self.sweep_errors.clone());
         r.register_with_unit("sweep_duration", "Duration of the last sweep", Unit::Seconds, self.sweep_duration.clone());
+        if let Some(p) = &self.per_pid {
+            r.register_with_unit("process_rss", "Resident memory (VmRSS) of each target process, at scrape time", Unit::Bytes, p.rss.clone());
+            r.register("process_established_sockets", "ESTABLISHED sockets of each target process", p.established.clone());
+            r.register("process_zombie_sockets", "Zombie sockets of each target process, by reason", p.zombies.clone());
+            r.register_with_unit("process_send_queue", "Unsent plus unacked bytes of each target process", Unit::Bytes, p.send_queue.clone());
+        }
         // Every label value exists from the start, so alerts and dashboards
         // see a 0 rather than no series.
         for (_, s) in STATES {
@@ -161,6 +189,23 @@ impl Metrics {
         self.unacked.set(s.unacked as i64);
         self.send_queue.set((s.unsent + s.unacked) as i64);
         self.tracked_sockets.set(s.tracked as i64);
+    }
+
+    /// Replaces the per-process series with `per` (pid -> its summary), so
+    /// exited processes leave no stale series behind.
+    pub fn publish_per_pid(&self, per: &[(u32, Summary)]) {
+        let Some(p) = &self.per_pid else { return };
+        p.established.clear();
+        p.zombies.clear();
+        p.send_queue.clear();
+        for (pid, s) in per {
+            let pid = *pid;
+            p.established.get_or_create(&PidLabel { pid }).set(*s.by_state.get(&1).unwrap_or(&0) as i64);
+            p.send_queue.get_or_create(&PidLabel { pid }).set((s.unsent + s.unacked) as i64);
+            for r in ZombieReason::ALL {
+                p.zombies.get_or_create(&PidReasonLabel { pid, reason: r.label() }).set(*s.zombies.get(&r).unwrap_or(&0) as i64);
+            }
+        }
     }
 
     pub fn add_dropped(&self, reason_index: usize, n: u64) {

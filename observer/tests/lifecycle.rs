@@ -64,6 +64,7 @@ fn restarted_by_comm_and_gauges_drop_when_the_target_exits() {
         (metric(&s, "observer_connections_closed_total") == 5.0).then_some(s)
     });
     assert_eq!(metric(&before, "observer_target_up"), 1.0);
+    assert!(!before.keys().any(|k| k.contains("pid=")), "no pid label unless asked");
 
     first.stop();
     let gone = wait_for(Duration::from_secs(10), "target_up 0", || {
@@ -156,4 +157,36 @@ fn programs_of(pid: u32) -> Vec<u32> {
     ids.sort_unstable();
     ids.dedup();
     ids
+}
+
+#[test]
+fn a_cluster_of_workers_is_aggregated_and_split_by_pid_only_when_asked() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("obs-workers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let exe = dir.join("obsworker");
+    std::fs::copy(DEMO, &exe).expect("copy demo binary");
+    let (a, addr_a) = server(&exe);
+    let (b, addr_b) = server(&exe);
+    let obs = start_observer(&["--comm", "obsworker", "--interval", "0.2", "--no-pin", "--per-pid"]);
+    let clients = |addr: &str, n: &str| {
+        let child = Command::new(DEMO)
+            .args(["client", "--connect", addr, "--role", "healthy", "--count", n, "--hold-secs", "8"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("clients");
+        Proc { child, name: "clients" }
+    };
+    let _ca = clients(&addr_a, "3");
+    let _cb = clients(&addr_b, "5");
+    let est = |s: &Scrape, pid: u32| s.get(&format!("observer_process_established_sockets{{pid=\"{pid}\"}}")).copied();
+    let s = wait_for(Duration::from_secs(10), "both workers counted", || {
+        let s = obs.scrape();
+        (metric(&s, "observer_tcp_sockets{state=\"established\"}") == 8.0 && est(&s, a.pid()) == Some(3.0) && est(&s, b.pid()) == Some(5.0))
+            .then_some(s)
+    });
+    assert_eq!(metric(&s, "observer_target_processes"), 2.0);
+    assert_eq!(metric(&s, "observer_tcp_sockets{state=\"listen\"}"), 2.0, "aggregated over workers");
+    assert!(metric(&s, &format!("observer_process_rss_bytes{{pid=\"{}\"}}", a.pid())) > 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
 }
