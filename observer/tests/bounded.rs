@@ -65,16 +65,7 @@ fn scrapes_get_through_while_bad_clients_hold_connections() {
 #[test]
 fn a_full_socket_map_is_counted_not_hidden() {
     require_root();
-    let mut server = Command::new(DEMO)
-        .args(["server", "--listen", "127.0.0.1:0", "--burst", "1024"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start demo server");
-    let stdout = server.stdout.take().expect("stdout");
-    let server = Proc { child: server, name: "server" };
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line).expect("LISTENING");
-    let addr = line.split_whitespace().nth(1).expect("address").to_string();
+    let (server, addr) = start_demo_server(std::path::Path::new(DEMO), "1024");
 
     let pid = server.pid().to_string();
     // The smallest map the flag allows, against 200 connections.

@@ -3,7 +3,6 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
     path::Path,
     process::{Command, Stdio},
     time::Duration,
@@ -13,18 +12,8 @@ use common::*;
 
 const FAST: &[&str] = &["--dead-after", "3", "--close-wait-after", "3", "--stall-after", "3", "--interval", "0.5"];
 
-/// Starts the demo server under `exe` on loopback; returns it and its address.
 fn server(exe: &Path) -> (Proc, String) {
-    let mut child = Command::new(exe)
-        .args(["server", "--listen", "127.0.0.1:0", "--burst", "4096"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start demo server");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("LISTENING line");
-    let addr = line.split_whitespace().nth(1).expect("address").to_string();
-    (Proc { child, name: "server" }, addr)
+    start_demo_server(exe, "4096")
 }
 
 fn classes(s: &Scrape) -> Vec<(String, f64)> {

@@ -5,7 +5,6 @@
 mod common;
 
 use std::{
-    io::{BufRead, BufReader},
     process::{Command, Stdio},
     time::Duration,
 };
@@ -93,16 +92,7 @@ fn sidecar_on_loopback_matches_the_kernel() {
 #[test]
 fn tracked_sockets_return_to_baseline_and_connections_are_counted() {
     require_root();
-    let mut server = std::process::Command::new(DEMO)
-        .args(["server", "--listen", "127.0.0.1:0", "--burst", "4096"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start demo server");
-    let stdout = server.stdout.take().expect("stdout");
-    let server = Proc { child: server, name: "server" };
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("LISTENING line");
-    let addr = line.split_whitespace().nth(1).expect("address in LISTENING line").to_string();
+    let (server, addr) = start_demo_server(std::path::Path::new(DEMO), "4096");
 
     let pid = server.pid().to_string();
     let obs = start_observer(&["--pid", &pid, "--interval", "0.2"]);

@@ -290,3 +290,18 @@ pub fn assert_agrees_with_ss(obs: &Observer, netns: Option<&str>, port: u16) {
     }
     panic!("observer never agreed with ss: {last}");
 }
+
+/// Starts `observer-demo server` (or a copy of it at `exe`, for a comm of its
+/// own) on a free loopback port; returns it and its address.
+pub fn start_demo_server(exe: &std::path::Path, burst: &str) -> (Proc, String) {
+    let mut child = Command::new(exe)
+        .args(["server", "--listen", "127.0.0.1:0", "--burst", burst])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start demo server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("LISTENING line");
+    let addr = line.split_whitespace().nth(1).expect("address in LISTENING line").to_string();
+    (Proc { child, name: "server" }, addr)
+}
