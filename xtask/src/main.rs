@@ -7,6 +7,7 @@ mod bench;
 mod demo;
 mod setup;
 mod sh;
+mod vm;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -36,6 +37,9 @@ enum Task {
     /// Measure overhead, agent cost, scale, connection storms and detection
     /// latency against same-run baselines; results into BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Boot Debian's 6.1 cloud kernel under QEMU and exercise the attach
+    /// methods this kernel refuses (fentry, fexit, kprobe) inside it.
+    Vmtest,
 }
 
 fn main() {
@@ -46,6 +50,7 @@ fn main() {
         Task::Demo(args) => setup::ensure().and_then(|()| build(true)).and_then(|()| demo::run(&args)),
         Task::Test { args } => setup::ensure().and_then(|()| test(&args)),
         Task::Bench(args) => bench::main(args),
+        Task::Vmtest => setup::ensure().and_then(|()| vm::run()),
     };
     if let Err(e) = result {
         eprintln!("xtask: error: {e:#}");
