@@ -21,6 +21,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "/usr/sbin/bpftool"),
     // prometheus and promtool for observer/tests/prometheus.rs.
     ("prometheus", "/usr/bin/promtool"),
+    // The font the demo chart and the benchmark plot draw their text with.
+    ("fonts-dejavu-core", "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
 ];
 
 pub fn ensure() -> Result<()> {
