@@ -82,7 +82,7 @@ pub fn field_offset(btf: &Btf, strukt: &str, path: &str) -> Result<u32, OffsetEr
             ty = member_ty;
         }
     }
-    if total_bits % 8 != 0 {
+    if !total_bits.is_multiple_of(8) {
         return Err(OffsetError::BitField { strukt: strukt.into(), field: path.into() });
     }
     Ok(total_bits / 8)

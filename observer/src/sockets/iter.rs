@@ -48,7 +48,7 @@ pub fn read_sockets(ebpf: &mut Ebpf, netns: Option<&File>) -> Result<Vec<SockRec
 /// Splits iterator output into records.
 pub fn decode(buf: &[u8]) -> Result<Vec<SockRecord>, IterError> {
     const SIZE: usize = size_of::<SockRecord>();
-    if buf.len() % SIZE != 0 {
+    if !buf.len().is_multiple_of(SIZE) {
         return Err(IterError::Torn(buf.len()));
     }
     Ok(buf
