@@ -322,13 +322,13 @@ fn load_and_attach(prog: &mut Program, a: &Attach, btf: &AyaBtf) -> Result<(), S
     Ok(())
 }
 
+/// Each plan row with the verifier's answer for its program.
+pub type Verdicts = Vec<(&'static Attach, Result<(), String>)>;
+
 /// Whether the verifier accepts each method's program, without attaching
 /// any: how `observer check --verify` shows that methods this kernel will not
 /// attach (kprobes here) are at least valid programs. One object, BTF parsed
 /// once; each program appears in one plan row only, so each loads once.
-/// Each plan row with the verifier's answer for its program.
-pub type Verdicts = Vec<(&'static Attach, Result<(), String>)>;
-
 pub fn verify_all(opts: &LoadOptions) -> Result<Verdicts, ProbeError> {
     let btf = offsets::load_btf(&opts.btf_path)?;
     let caps = caps::detect(Some(&btf));
