@@ -16,6 +16,8 @@ pub struct Child {
     child: StdChild,
     stdin: Option<ChildStdin>,
     lines: Receiver<String>,
+    /// Workers exit when stdin closes; other programs need a signal.
+    exits_on_eof: bool,
 }
 
 impl Child {
@@ -38,7 +40,13 @@ impl Child {
                 }
             }
         });
-        Ok(Child { name: name.to_string(), child, stdin, lines: rx })
+        Ok(Child { name: name.to_string(), child, stdin, lines: rx, exits_on_eof: true })
+    }
+
+    /// For programs that ignore stdin: stopping sends SIGTERM at once.
+    pub fn signal_only(mut self) -> Child {
+        self.exits_on_eof = false;
+        self
     }
 
     pub fn pid(&self) -> u32 {
@@ -85,7 +93,7 @@ impl Child {
     /// Closes stdin (workers exit on that), then SIGTERM, then SIGKILL.
     pub fn stop(&mut self) {
         drop(self.stdin.take());
-        if self.wait_exit(Duration::from_secs(2)) {
+        if self.exits_on_eof && self.wait_exit(Duration::from_secs(2)) {
             return;
         }
         // SAFETY: signalling our own child by its PID.

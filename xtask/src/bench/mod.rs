@@ -42,6 +42,9 @@ pub struct BenchArgs {
     /// Results go to target/bench/.
     #[arg(long, value_delimiter = ',', value_parser = ["send", "scale", "storm", "latency"])]
     only: Vec<String>,
+    /// Use the binaries already in target/release instead of building them.
+    #[arg(long)]
+    no_build: bool,
     #[command(subcommand)]
     internal: Option<Internal>,
 }
@@ -87,6 +90,13 @@ impl Paths {
         c.args(["bench", "worker"]).args(args);
         c
     }
+
+    /// The same, inside network namespace `ns` (the PID stays the worker's).
+    pub fn worker_cmd_in(&self, ns: &str, args: &[&str]) -> Command {
+        let mut c = netns::exec_in(ns, &self.worker);
+        c.args(["bench", "worker"]).args(args);
+        c
+    }
 }
 
 /// Durations and sizes of one run.
@@ -118,7 +128,7 @@ impl Plan {
             }
         } else {
             Plan {
-                send_rounds: 3,
+                send_rounds: 5,
                 send_window: Duration::from_secs(3),
                 scale_levels: vec![1_000, 10_000, 50_000, 100_000],
                 scale_sweeps: 5,
@@ -164,8 +174,10 @@ pub fn main(args: BenchArgs) -> Result<()> {
     if !setup::is_root() {
         bail!("benchmarks load eBPF programs and create network namespaces: run as root");
     }
-    setup::ensure()?;
-    sh::run("cargo", &["build", "--release", "--package", "observer", "--bins", "--package", "xtask"])?;
+    if !args.no_build {
+        setup::ensure()?;
+        sh::run("cargo", &["build", "--release", "--package", "observer", "--bins", "--package", "xtask"])?;
+    }
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
@@ -195,13 +207,20 @@ pub fn main(args: BenchArgs) -> Result<()> {
         }
         eprintln!("\nbench: {title} ...");
         let t0 = Instant::now();
+        let load0 = loadavg();
         let mut section = f(&mut scale_points).unwrap_or_else(|e| Section {
             title: title.to_string(),
             rows: vec![Row::new(title, "runs", format!("failed: {e:#}")).verdict(Verdict::Missed("did not run".into()))],
             details: vec![],
         });
         section.title = title.to_string();
-        section.details.push(format!("took {:.0} s", t0.elapsed().as_secs_f64()));
+        section.details.push(format!(
+            "took {:.0} s; load average (1 min) {load0} at the start, {} at the end, on {} CPUs: other work on the \
+             machine shows up as noise in every figure",
+            t0.elapsed().as_secs_f64(),
+            loadavg(),
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        ));
         eprintln!("bench: {title} done in {:.0} s", t0.elapsed().as_secs_f64());
         sections.push(section);
         if interrupted().is_err() {
@@ -234,6 +253,10 @@ pub fn main(args: BenchArgs) -> Result<()> {
     report::write_between_markers(&md, &text, "# Benchmarks\n")?;
     eprintln!("bench: wrote {} in {:.0} s total", md.display(), started.elapsed().as_secs_f64());
     interrupted()
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_string)).unwrap_or_default()
 }
 
 fn now_utc() -> String {

@@ -63,7 +63,7 @@ impl Observer {
         let mut cmd = Command::new(&paths.observer);
         cmd.arg("run").args(target).args(["--listen", &addr]).args(extra).env("RUST_LOG", "warn");
         let log = paths.logs.join(format!("observer-{label}.log"));
-        let proc = Child::spawn(&format!("observer ({label})"), cmd, Some(&log))?;
+        let proc = Child::spawn(&format!("observer ({label})"), cmd, Some(&log))?.signal_only();
         let mut obs = Observer { proc, addr };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -122,11 +122,11 @@ impl Observer {
             if Instant::now() > deadline {
                 bail!("only {} sweeps in {limit:?}", out.len());
             }
-            std::thread::sleep(Duration::from_millis(20));
+            std::thread::sleep(Duration::from_millis(100));
             let m = self.scrape()?;
             let sweeps = m.get("observer_sweeps_total");
             if sweeps > seen {
-                // With a 20 ms poll and a sweep interval of ≥ 0.5 s we see every sweep.
+                // With a 100 ms poll and a sweep interval of ≥ 0.5 s we see every sweep.
                 seen = sweeps;
                 out.push(m.get("observer_sweep_duration_seconds"));
             }

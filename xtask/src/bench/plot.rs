@@ -59,6 +59,9 @@ pub fn scale(path: &Path, points: &[ScalePoint], sweep_target_ms: f64, rss_targe
     c.configure_mesh()
         .x_desc("target sockets (thousands)")
         .label_style(("sans-serif", 13))
+        .light_line_style(WHITE)
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
     let series: [Series; 3] = [
@@ -74,7 +77,7 @@ pub fn scale(path: &Path, points: &[ScalePoint], sweep_target_ms: f64, rss_targe
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
         c.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled()))).map_err(|e| anyhow!("{e}"))?;
     }
-    let target = BLACK.mix(0.5);
+    let target = RGBColor(120, 120, 120).stroke_width(2);
     c.draw_series(LineSeries::new(vec![(0.0, sweep_target_ms), (max_x, sweep_target_ms)], target))
         .map_err(|e| anyhow!("{e}"))?
         .label(format!("target {sweep_target_ms} ms"))
@@ -98,12 +101,24 @@ pub fn scale(path: &Path, points: &[ScalePoint], sweep_target_ms: f64, rss_targe
     m.configure_mesh()
         .x_desc("target sockets (thousands)")
         .label_style(("sans-serif", 13))
+        .light_line_style(WHITE)
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .x_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
     let pts: Vec<(f64, f64)> = points.iter().map(|p| (p.sockets / 1000.0, p.rss_mb)).collect();
     m.draw_series(LineSeries::new(pts.clone(), MAGENTA.stroke_width(2))).map_err(|e| anyhow!("{e}"))?;
     m.draw_series(pts.into_iter().map(|p| Circle::new(p, 3, MAGENTA.filled()))).map_err(|e| anyhow!("{e}"))?;
     m.draw_series(LineSeries::new(vec![(0.0, rss_target_mb), (max_x, rss_target_mb)], target))
+        .map_err(|e| anyhow!("{e}"))?
+        .label(format!("target {rss_target_mb} MB"))
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], target));
+    m.configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 13))
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK.mix(0.3))
+        .draw()
         .map_err(|e| anyhow!("{e}"))?;
     root.present().map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
     Ok(())

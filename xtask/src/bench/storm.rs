@@ -10,6 +10,7 @@ use super::{
     Paths, Plan,
     child::{Child, field, word},
     interrupted,
+    netns::{self, Namespaces},
     observer::{Metrics, Observer},
     procfs,
     report::{Row, Section, Verdict, lower},
@@ -21,10 +22,20 @@ const TRACKED: &str = "observer_tracked_sockets";
 const OPENED: &str = "observer_connections_opened_total";
 const CLOSED: &str = "observer_connections_closed_total";
 const DROPPED: &str = "observer_events_dropped_total";
+const ITER_FAILED: &str = "observer_events_dropped_total{reason=\"iterator_write_failed\"}";
 
 pub fn run(paths: &Paths, plan: &Plan) -> Result<Section> {
-    let mut server =
-        Child::spawn("storm-server", paths.worker_cmd(&["storm-server", "--listen", LISTEN, "--comm", "obsb-storm"]), None)?;
+    // A namespace of our own: tens of thousands of TIME_WAIT sockets stay out
+    // of the host's tables.
+    netns::remove_stale();
+    let ns = format!("{}{}-storm", netns::PREFIX, std::process::id());
+    let mut namespaces = Namespaces::new();
+    namespaces.add(&ns)?;
+    let mut server = Child::spawn(
+        "storm-server",
+        paths.worker_cmd_in(&ns, &["storm-server", "--listen", LISTEN, "--comm", "obsb-storm"]),
+        None,
+    )?;
     let line = server.expect("LISTENING", Duration::from_secs(10))?;
     let addrs = word(&line, 1).context("addresses")?.to_string();
     let listeners = addrs.split(',').count() as f64;
@@ -37,7 +48,7 @@ pub fn run(paths: &Paths, plan: &Plan) -> Result<Section> {
     let secs = format!("{}", plan.storm_secs);
     let mut generator = Child::spawn(
         "storm-clients",
-        paths.worker_cmd(&[
+        paths.worker_cmd_in(&ns, &[
             "storm-clients",
             "--connect",
             &addrs,
@@ -92,6 +103,7 @@ pub fn run(paths: &Paths, plan: &Plan) -> Result<Section> {
     drop(generator);
     drop(obs);
     drop(server);
+    drop(namespaces);
     Ok(report(plan, &before, &after, back.is_ok(), Storm {
         connects,
         failed,
@@ -157,10 +169,18 @@ fn report(plan: &Plan, before: &Metrics, after: &Metrics, settled: bool, st: Sto
             .verdict(equal(closed, st.closed)),
     );
     let dropped = after.sum(DROPPED) - before.sum(DROPPED);
-    s.rows.push(
-        Row::new("observer_events_dropped_total during the storm", "0, or explained", format!("{dropped:.0}"))
-            .verdict(equal(dropped, 0.0)),
-    );
+    let overflow = after.get(ITER_FAILED) - before.get(ITER_FAILED);
+    let exact = t1 == t0 && opened == st.connects && closed == st.closed;
+    // Iterator buffer overflows are retried by the kernel; with every count
+    // exact they are explained, not lost.
+    let (measured, verdict) = if dropped == 0.0 {
+        ("0".to_string(), Verdict::Met)
+    } else if dropped == overflow && exact {
+        (format!("{dropped:.0}, all `iterator_write_failed` (retried read-buffer overflows, see below)"), Verdict::Met)
+    } else {
+        (format!("{dropped:.0}"), equal(dropped, 0.0))
+    };
+    s.rows.push(Row::new("observer_events_dropped_total during the storm", "0, or explained", measured).verdict(verdict));
     let dropped_by: Vec<String> = after
         .0
         .iter()
@@ -170,12 +190,16 @@ fn report(plan: &Plan, before: &Metrics, after: &Metrics, settled: bool, st: Sto
         .map(|(k, d)| format!("{k} +{d:.0}"))
         .collect();
     if !dropped_by.is_empty() {
-        s.details.push(format!("dropped by reason: {}", dropped_by.join(", ")));
+        s.details.push(format!(
+            "dropped by reason: {}. An `iterator_write_failed` is the iterator's read buffer filling up mid-sweep; \
+             the kernel runs the program again for that socket in the next read(), so no record is lost",
+            dropped_by.join(", ")
+        ));
     }
     s.details.push(format!(
         "generator: {:.0} connects in all ({} initial, then {:.0} replacements), {:.0} failed; server accepted {:.0} \
-         and closed {:.0}; clients spread over 4 loopback listeners (127.0.0.1–4) so TIME_WAIT never exhausts \
-         ephemeral ports",
+         and closed {:.0}; clients spread over 4 loopback listeners (127.0.0.1–4, in a namespace of the \
+         benchmark's own) so TIME_WAIT never exhausts ephemeral ports",
         st.connects, plan.storm_clients, st.churn, st.failed, st.accepted, st.closed
     ));
     s.details.push(format!(

@@ -7,6 +7,7 @@
 //! dies cannot leave workers behind.
 
 mod control;
+mod epoll;
 mod hold;
 mod limits;
 mod send;

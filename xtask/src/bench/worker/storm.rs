@@ -15,7 +15,11 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use super::{control, limits};
+use super::{
+    control,
+    epoll::{Epoll, drain},
+    limits,
+};
 
 /// A WebSocket server answers the upgrade; a few bytes stand in for it.
 const GREETING: &[u8] = b"hello\n";
@@ -32,13 +36,9 @@ pub fn server(listen: &[String], comm: &str) -> Result<()> {
     }
     let addrs: Vec<String> =
         listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect();
-    // SAFETY: plain syscall; the fd is owned by the loop thread below.
-    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if ep < 0 {
-        bail!("epoll_create1: {}", std::io::Error::last_os_error());
-    }
+    let ep = Epoll::new()?;
     for l in &listeners {
-        add(ep, l.as_raw_fd(), LISTENER | l.as_raw_fd() as u64)?;
+        ep.add(l.as_raw_fd(), LISTENER | l.as_raw_fd() as u64)?;
     }
     let accepted = Arc::new(AtomicU64::new(0));
     let closed = Arc::new(AtomicU64::new(0));
@@ -46,7 +46,7 @@ pub fn server(listen: &[String], comm: &str) -> Result<()> {
         let (accepted, closed) = (accepted.clone(), closed.clone());
         std::thread::spawn(move || {
             let _keep = listeners;
-            event_loop(ep, &accepted, &closed)
+            event_loop(&ep, &accepted, &closed)
         });
     }
     control::say(&format!("LISTENING {} pid={}", addrs.join(","), std::process::id()));
@@ -56,48 +56,25 @@ pub fn server(listen: &[String], comm: &str) -> Result<()> {
     })
 }
 
-fn add(ep: i32, fd: i32, data: u64) -> Result<()> {
-    let mut ev = libc::epoll_event { events: (libc::EPOLLIN | libc::EPOLLRDHUP) as u32, u64: data };
-    // SAFETY: valid epoll fd, valid event pointer.
-    if unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
-        bail!("epoll_ctl: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn event_loop(ep: i32, accepted: &AtomicU64, closed: &AtomicU64) {
+fn event_loop(ep: &Epoll, accepted: &AtomicU64, closed: &AtomicU64) {
     let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
     let mut buf = [0u8; 4096];
     loop {
-        // SAFETY: the buffer holds `events.len()` entries.
-        let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, -1) };
-        if n < 0 {
-            continue; // EINTR
-        }
-        for ev in &events[..n as usize] {
-            let data = ev.u64;
+        let ready: Vec<u64> = ep.wait(&mut events).collect();
+        for data in ready {
             let fd = data as u32 as i32;
             if data & LISTENER != 0 {
                 accept_all(ep, fd, accepted);
-                continue;
-            }
-            // Level-triggered: read what is there; EOF or an error means the peer is gone.
-            // SAFETY: fd is an open socket registered by us; buf is valid.
-            let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-            let again = r < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock;
-            if r == 0 || (r < 0 && !again) {
-                // SAFETY: fd is ours; removing then closing it.
-                unsafe {
-                    libc::epoll_ctl(ep, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut());
-                    libc::close(fd);
-                }
+            } else if !drain(fd, &mut buf) {
+                // EOF or an error: the peer is gone, so is our side.
+                ep.close(fd);
                 closed.fetch_add(1, Ordering::SeqCst);
             }
         }
     }
 }
 
-fn accept_all(ep: i32, lfd: i32, accepted: &AtomicU64) {
+fn accept_all(ep: &Epoll, lfd: i32, accepted: &AtomicU64) {
     loop {
         // SAFETY: listening socket fd; no peer address wanted.
         let fd = unsafe {
@@ -107,11 +84,10 @@ fn accept_all(ep: i32, lfd: i32, accepted: &AtomicU64) {
             return; // EAGAIN (or EMFILE: retried on the next readiness event)
         }
         accepted.fetch_add(1, Ordering::SeqCst);
-        // SAFETY: fresh socket fd, constant buffer. A full buffer cannot happen for 6 bytes.
+        // SAFETY: fresh socket fd, constant buffer; 6 bytes always fit.
         unsafe { libc::write(fd, GREETING.as_ptr().cast(), GREETING.len()) };
-        if add(ep, fd, fd as u32 as u64).is_err() {
-            // SAFETY: fd is ours.
-            unsafe { libc::close(fd) };
+        if ep.add(fd, fd as u32 as u64).is_err() {
+            ep.close(fd);
         }
     }
 }
