@@ -76,6 +76,11 @@ fn missing_btf() {
     let pid = target.pid().to_string();
     let args = ["run", "--pid", &pid, "--listen", "127.0.0.1:0", "--btf", "/nonexistent/vmlinux"];
     assert_one_line_error(&args, 1, "cannot read kernel BTF from /nonexistent/vmlinux");
+    // Present but not BTF: a directory, and a file of something else.
+    for bad in ["/proc", "/etc/hostname"] {
+        let args = ["run", "--pid", &pid, "--listen", "127.0.0.1:0", "--btf", bad];
+        assert_one_line_error(&args, 1, &format!("cannot read kernel BTF from {bad}"));
+    }
 }
 
 #[test]
