@@ -116,8 +116,8 @@ impl Plan {
     fn new(quick: bool) -> Plan {
         if quick {
             Plan {
-                send_rounds: 3,
-                send_window: Duration::from_secs(1),
+                send_rounds: 4,
+                send_window: Duration::from_millis(500),
                 scale_levels: vec![1_000, 10_000],
                 scale_sweeps: 3,
                 storm_secs: 10.0,
@@ -128,8 +128,8 @@ impl Plan {
             }
         } else {
             Plan {
-                send_rounds: 5,
-                send_window: Duration::from_secs(3),
+                send_rounds: 10,
+                send_window: Duration::from_secs(1),
                 scale_levels: vec![1_000, 10_000, 50_000, 100_000],
                 scale_sweeps: 5,
                 storm_secs: 60.0,

@@ -52,7 +52,8 @@ struct Pair {
 }
 
 impl Pair {
-    fn start(paths: &Paths, ns: &str) -> Result<Pair> {
+    /// Pair `k` of the run; its clients connect from 127.0.1.`k`.
+    fn start(paths: &Paths, ns: &str, k: usize) -> Result<Pair> {
         let mut server = Child::spawn(
             "hold-server",
             paths.worker_cmd_in(ns, &["hold-server", "--listen", "127.0.0.1:0", "--comm", COMM]),
@@ -62,8 +63,12 @@ impl Pair {
         let addr = word(&line, 1).context("address")?.to_string();
         let port = addr.rsplit(':').next().and_then(|p| p.parse().ok()).context("port")?;
         let cap_s: usize = field(&line, "cap").and_then(|c| c.parse().ok()).context("cap")?;
-        let mut clients =
-            Child::spawn("hold-clients", paths.worker_cmd_in(ns, &["hold-clients", "--connect", &addr]), None)?;
+        let source = format!("127.0.1.{}", k + 1);
+        let mut clients = Child::spawn(
+            "hold-clients",
+            paths.worker_cmd_in(ns, &["hold-clients", "--connect", &addr, "--source", &source]),
+            None,
+        )?;
         let line = clients.expect("READY", Duration::from_secs(10))?;
         let cap_c: usize = field(&line, "cap").and_then(|c| c.parse().ok()).context("cap")?;
         Ok(Pair { server, clients, port, cap: cap_s.min(cap_c), held: 0 })
@@ -92,7 +97,8 @@ fn grow(paths: &Paths, ns: &str, pairs: &mut Vec<Pair>, level: usize) -> Result<
     while total < level {
         interrupted()?;
         if pairs.last().is_none_or(|p| p.held >= p.cap) {
-            pairs.push(Pair::start(paths, ns)?);
+            let k = pairs.len();
+            pairs.push(Pair::start(paths, ns, k)?);
         }
         let Some(p) = pairs.last_mut() else { bail!("no holder process") };
         let n = (level - total).min(p.cap - p.held);

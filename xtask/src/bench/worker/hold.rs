@@ -2,7 +2,8 @@
 //! them (the observer's target) and a client process holding the other ends.
 
 use std::{
-    net::{TcpListener, TcpStream},
+    net::{SocketAddrV4, TcpListener, TcpStream},
+    os::fd::FromRawFd,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -22,6 +23,7 @@ pub fn server(listen: &str, comm: &str) -> Result<()> {
     limits::set_comm(comm)?;
     let cap = limits::raise_nofile(WANT_FDS).saturating_sub(SPARE_FDS);
     let listener = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
+    limits::deep_backlog(&listener);
     let addr = listener.local_addr().context("local address")?;
     let held = Arc::new(AtomicU64::new(0));
     let streams = Arc::new(Mutex::new(Vec::new()));
@@ -47,21 +49,80 @@ pub fn server(listen: &str, comm: &str) -> Result<()> {
     })
 }
 
-pub fn clients(connect: &str) -> Result<()> {
+pub fn clients(connect: &str, source: Option<std::net::Ipv4Addr>) -> Result<()> {
     limits::set_comm("obsb-conn")?;
     let cap = limits::raise_nofile(WANT_FDS).saturating_sub(SPARE_FDS);
+    let server: SocketAddrV4 = connect.parse().with_context(|| format!("address {connect}"))?;
     let mut held: Vec<TcpStream> = Vec::new();
+    let mut next_port = FIRST_PORT;
     control::say(&format!("READY pid={} cap={cap}", std::process::id()));
     control::serve(|req| {
         let Some(n) = req.strip_prefix("open ").and_then(|n| n.trim().parse::<usize>().ok()) else {
             return "ERR unknown request".into();
         };
         for _ in 0..n {
-            match TcpStream::connect(connect) {
+            // An explicit source port per connection: past ~10,000 connections
+            // to one address, the kernel's search for a free ephemeral port
+            // makes each connect() slower than the whole rest of the benchmark.
+            let opened = match source {
+                Some(ip) => loop {
+                    // Ports something else holds (a listener on 0.0.0.0) are skipped.
+                    let port = next_port;
+                    next_port = next_port.saturating_add(1);
+                    match connect_from(SocketAddrV4::new(ip, port), server) {
+                        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && port < u16::MAX => continue,
+                        other => break other,
+                    }
+                },
+                None => TcpStream::connect(server),
+            };
+            match opened {
                 Ok(s) => held.push(s),
                 Err(e) => return format!("ERR after {}: {e}", held.len()),
             }
         }
         format!("OPENED {}", held.len())
     })
+}
+
+const FIRST_PORT: u16 = 1024;
+
+/// bind(`from`) then connect(`to`), blocking.
+fn connect_from(from: SocketAddrV4, to: SocketAddrV4) -> std::io::Result<TcpStream> {
+    let sockaddr = |a: SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a fresh socket, owned by the TcpStream as soon as it exists.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is valid and now owned by `stream`, which closes it on every path.
+    let stream = unsafe { TcpStream::from_raw_fd(fd) };
+    let (src, dst) = (sockaddr(from), sockaddr(to));
+    let one: libc::c_int = 1;
+    // SAFETY: valid fd and option buffer. SO_REUSEADDR: a port still in
+    // TIME_WAIT from an earlier run may be bound again.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    // SAFETY: valid fd, pointers to initialised sockaddr_in of `len` bytes.
+    if unsafe { libc::bind(fd, (&src as *const libc::sockaddr_in).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::connect(fd, (&dst as *const libc::sockaddr_in).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
 }

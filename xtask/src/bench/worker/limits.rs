@@ -32,3 +32,13 @@ pub fn set_comm(name: &str) -> Result<()> {
     }
     Ok(())
 }
+
+/// Raises a listener's accept backlog to the kernel's maximum (std binds
+/// with 128: connection bursts then overflow the queue, and each dropped
+/// handshake costs the client a retransmission timeout).
+pub fn deep_backlog(l: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen() on a listening socket only updates its backlog;
+    // the kernel caps it at net.core.somaxconn.
+    unsafe { libc::listen(l.as_raw_fd(), 65535) };
+}

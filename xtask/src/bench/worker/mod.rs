@@ -45,6 +45,9 @@ pub enum Worker {
     HoldClients {
         #[arg(long)]
         connect: String,
+        /// Source address; ports are then assigned in order from 1024.
+        #[arg(long)]
+        source: Option<std::net::Ipv4Addr>,
     },
     /// Greets each accepted connection and closes it when the peer does (`stats`).
     StormServer {
@@ -73,7 +76,7 @@ pub fn run(w: Worker) -> Result<()> {
         Worker::Sink { listen } => sink::run(&listen),
         Worker::Send { connect, conns, writers } => send::run(&connect, conns, writers),
         Worker::HoldServer { listen, comm } => hold::server(&listen, &comm),
-        Worker::HoldClients { connect } => hold::clients(&connect),
+        Worker::HoldClients { connect, source } => hold::clients(&connect, source),
         Worker::StormServer { listen, comm } => storm::server(&listen, &comm),
         Worker::StormClients { connect, clients, rate, secs } => storm::clients(&connect, clients, rate, secs),
     }

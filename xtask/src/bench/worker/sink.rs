@@ -14,6 +14,7 @@ const LISTENER: u64 = 1 << 32;
 pub fn run(listen: &str) -> Result<()> {
     let listener = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
     listener.set_nonblocking(true).context("O_NONBLOCK")?;
+    super::limits::deep_backlog(&listener);
     let addr = listener.local_addr().context("local address")?;
     let ep = Epoll::new()?;
     ep.add(listener.as_raw_fd(), LISTENER)?;

@@ -31,6 +31,7 @@ pub fn server(listen: &[String], comm: &str) -> Result<()> {
     let mut listeners = Vec::new();
     for a in listen {
         let l = TcpListener::bind(a).with_context(|| format!("bind {a}"))?;
+        limits::deep_backlog(&l);
         l.set_nonblocking(true).context("O_NONBLOCK")?;
         listeners.push(l);
     }
