@@ -29,6 +29,7 @@ pub struct IterTcpCtx {
 }
 
 const AF_INET6: u8 = 10;
+const EOVERFLOW: i64 = -75;
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/tcp")]
@@ -85,7 +86,10 @@ pub fn observer_sockets(ctx: *mut IterTcpCtx) -> i32 {
     }
     let seq = unsafe { (*meta).seq };
     let len = core::mem::size_of::<SockRecord>() as u32;
-    if unsafe { bpf_seq_write(seq.cast(), (&rec as *const SockRecord).cast(), len) } != 0 {
+    // -EOVERFLOW is flow control, not loss: the read buffer is full and the
+    // kernel shows this socket again at the start of the next read().
+    let ret = unsafe { bpf_seq_write(seq.cast(), (&rec as *const SockRecord).cast(), len) };
+    if ret != 0 && ret != EOVERFLOW {
         count_drop(drop_reason::ITER_WRITE_FAILED);
     }
     0

@@ -66,7 +66,6 @@ pub fn bump(tgid: u32, counter: Counter) {
         Counter::LossProbes => &mut c.loss_probes,
         Counter::Opened => &mut c.opened,
         Counter::Closed => &mut c.closed,
-        Counter::Sends => &mut c.sends,
     };
     *slot += 1;
 }
@@ -79,5 +78,4 @@ pub enum Counter {
     LossProbes,
     Opened,
     Closed,
-    Sends,
 }

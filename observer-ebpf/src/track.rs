@@ -54,26 +54,25 @@ fn note_progress(ev: &mut SockEvents, sk: u64, now: u64) {
         ev.snd_una = una;
         ev.last_progress_ns = now;
     }
-    if kernel::snd_wnd(sk) != 0 {
+    // Only a socket in a zero-window episode needs its window read.
+    if ev.zero_window_since_ns != 0 && kernel::snd_wnd(sk) != 0 {
         ev.zero_window_since_ns = 0;
     }
 }
 
-/// After a send by the current task.
+/// After a send by the current task. Sends run in the sender's context, so
+/// a process we do not watch costs one lookup in a small map and no more.
 #[inline(always)]
 pub fn on_send(sk: u64) {
+    let tgid = current_tgid();
+    if !is_target(tgid) {
+        return;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     match SOCKS.get_ptr_mut(sk) {
-        Some(ev) => {
-            let ev = unsafe { &mut *ev };
-            note_progress(ev, sk, now);
-            bump(ev.owner_tgid, Counter::Sends);
-        }
+        Some(ev) => note_progress(unsafe { &mut *ev }, sk, now),
         None => {
-            let tgid = current_tgid();
-            if is_target(tgid) && start(sk, tgid, 0, now, false) {
-                bump(tgid, Counter::Sends);
-            }
+            start(sk, tgid, 0, now, false);
         }
     }
 }

@@ -289,7 +289,6 @@ impl Agent {
                     a.loss_probes += c.loss_probes;
                     a.opened += c.opened;
                     a.closed += c.closed;
-                    a.sends += c.sends;
                     a
                 }),
                 Err(_) => ProcCounters::default(),

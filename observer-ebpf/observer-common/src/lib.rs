@@ -101,7 +101,6 @@ pub struct ProcCounters {
     pub loss_probes: u64,
     pub opened: u64,
     pub closed: u64,
-    pub sends: u64,
 }
 
 /// One socket as the TCP iterator sees it: the kernel's current truth,
