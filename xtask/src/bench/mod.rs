@@ -116,7 +116,7 @@ impl Plan {
     fn new(quick: bool) -> Plan {
         if quick {
             Plan {
-                send_rounds: 4,
+                send_rounds: 3,
                 send_window: Duration::from_millis(500),
                 scale_levels: vec![1_000, 10_000],
                 scale_sweeps: 3,

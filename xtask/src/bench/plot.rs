@@ -18,6 +18,8 @@ const FONTS: &[&str] = &[
 pub struct ScalePoint {
     pub sockets: f64,
     pub sweep_ms: f64,
+    /// CPU time of one sweep: what the sweep costs without the machine's other load.
+    pub sweep_cpu_ms: f64,
     pub scrape_ms: f64,
     pub ss_ms: f64,
     pub rss_mb: f64,
@@ -64,8 +66,9 @@ pub fn scale(path: &Path, points: &[ScalePoint], sweep_target_ms: f64, rss_targe
         .x_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
-    let series: [Series; 3] = [
+    let series: [Series; 4] = [
         ("observer sweep", BLUE, |p| p.sweep_ms),
+        ("observer sweep, CPU time", RGBColor(120, 170, 255), |p| p.sweep_cpu_ms),
         ("ss -tin (same sockets)", RED, |p| p.ss_ms),
         ("GET /metrics", GREEN, |p| p.scrape_ms),
     ];
