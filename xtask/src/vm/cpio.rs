@@ -17,8 +17,7 @@ const S_IFCHR: u32 = 0o020000;
 
 /// Writes `entries` and the trailer. Parent directories must come first.
 pub fn write<W: Write>(out: &mut W, entries: &[Entry]) -> io::Result<()> {
-    let mut ino = 1;
-    for e in entries {
+    for (ino, e) in (1..).zip(entries) {
         let (path, mode, data, rdev): (&str, u32, &[u8], (u32, u32)) = match e {
             Entry::Dir { path } => (path, S_IFDIR | 0o755, &[], (0, 0)),
             Entry::File { path, mode, data } => (path, S_IFREG | mode, data, (0, 0)),
@@ -26,7 +25,6 @@ pub fn write<W: Write>(out: &mut W, entries: &[Entry]) -> io::Result<()> {
         };
         let nlink = if mode & S_IFDIR != 0 { 2 } else { 1 };
         record(out, ino, mode, nlink, rdev, path, data)?;
-        ino += 1;
     }
     record(out, 0, 0, 1, (0, 0), "TRAILER!!!", &[])
 }

@@ -1,5 +1,6 @@
 //! The guest's only filesystem: static busybox, the static observer and demo
-//! binaries, the dummy network driver (the SYN black hole) and `/init`.
+//! binaries, the dummy network driver (the SYN black hole), the socket
+//! diagnostics modules and `/init`.
 
 use std::path::{Path, PathBuf};
 
@@ -29,11 +30,15 @@ pub fn write(out: &Path, kernel: &Kernel, bins: &Binaries) -> Result<()> {
     entries.push(file("bin/busybox", read(Path::new(BUSYBOX))?));
     entries.push(file("bin/observer", read(&bins.observer)?));
     entries.push(file("bin/observer-demo", read(&bins.demo)?));
-    entries.push(Entry::File {
-        path: "lib/modules/dummy.ko".into(),
-        mode: 0o644,
-        data: read(&kernel.modules.join("kernel/drivers/net/dummy.ko"))?,
-    });
+    // Loaded by /init in this order (no modprobe, no dependency files).
+    for module in ["drivers/net/dummy.ko", "net/ipv4/inet_diag.ko", "net/ipv4/tcp_diag.ko"] {
+        let name = module.rsplit('/').next().unwrap_or(module);
+        entries.push(Entry::File {
+            path: format!("lib/modules/{name}"),
+            mode: 0o644,
+            data: read(&kernel.modules.join("kernel").join(module))?,
+        });
+    }
 
     let tmp = out.with_extension("partial");
     let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
