@@ -72,6 +72,9 @@ pub struct Agent {
     pub purge_stale_on_first_sweep: bool,
     /// Cap on per-process series (`--max-pids`), against label explosions.
     pub max_pids: usize,
+    /// The last full read of the targets' file tables, and sweeps since.
+    scan: Option<target::Scan>,
+    since_full_scan: u32,
     table: SocketTable,
     own_netns: Option<u64>,
     tgids: HashSet<u32>,
@@ -89,6 +92,9 @@ pub enum SweepError {
     #[error("opening network namespace of pid {pid}: {source}")]
     Netns { pid: u32, source: std::io::Error },
 }
+
+/// Sweeps between full reads of the targets' `/proc/PID/fd`.
+const FULL_SCAN_EVERY: u32 = 10;
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
@@ -129,6 +135,8 @@ impl Agent {
             shared,
             purge_stale_on_first_sweep: false,
             max_pids: 64,
+            scan: None,
+            since_full_scan: 0,
             table: SocketTable::with_tick(tick),
             own_netns: target::own_netns(),
             tgids: HashSet::new(),
@@ -177,13 +185,28 @@ impl Agent {
     }
 
     pub fn sweep(&mut self) -> Result<(), SweepError> {
+        let t0 = Instant::now();
         let pids = target::resolve(&self.selector);
         // Register new PIDs before reading sockets, so sends from here on
         // are attributed while the sweep runs.
         self.sync_tgids(&pids);
-        let scan = target::scan(&pids);
+        // Reading every fd of the target costs a syscall per fd. Between
+        // full scans the probes attribute new connections themselves (by
+        // sender, by listening port), so the file table is re-read only
+        // every FULL_SCAN_EVERY sweeps, or when the set of processes changes.
+        let rescan = self.maps.is_none()
+            || self.since_full_scan >= FULL_SCAN_EVERY
+            || self.scan.as_ref().is_none_or(|s| s.pids != pids);
+        if rescan {
+            self.scan = Some(target::scan(&pids));
+            self.since_full_scan = 0;
+        } else {
+            self.since_full_scan += 1;
+        }
+        let scan = self.scan.take().unwrap_or_default();
         let targets: HashSet<u32> = scan.pids.iter().copied().collect();
 
+        let t_scan = t0.elapsed();
         let mut records = Vec::new();
         for (ns, ns_pids) in &scan.netns {
             let file = if Some(*ns) == self.own_netns {
@@ -203,8 +226,18 @@ impl Agent {
         if std::mem::take(&mut self.purge_stale_on_first_sweep) {
             self.purge_stale(&records);
         }
+        let t_iter = t0.elapsed();
         let now = monotonic_ns();
         let actions = self.table.sweep(now, &records, &scan.inode_owner, &targets, &self.thresholds);
+        debug!(
+            "sweep: /proc scan {:?} ({} target sockets), socket read {:?} ({} records, {} matched), table {:?}",
+            t_scan,
+            scan.inode_owner.len(),
+            t_iter - t_scan,
+            records.len(),
+            records.iter().filter(|r| scan.inode_owner.contains_key(&r.inode)).count(),
+            t0.elapsed() - t_iter
+        );
         if let Some(maps) = self.maps.as_mut() {
             for (sk, owner, snd_una) in actions.track {
                 let ev = SockEvents { owner_tgid: owner, snd_una, last_progress_ns: now, ..Default::default() };
@@ -232,7 +265,8 @@ impl Agent {
         }
         self.metrics.target_up.set(i64::from(!scan.pids.is_empty()));
         self.metrics.target_processes.set(scan.pids.len() as i64);
-        *self.shared.pids.lock().unwrap_or_else(|p| p.into_inner()) = scan.pids;
+        *self.shared.pids.lock().unwrap_or_else(|p| p.into_inner()) = scan.pids.clone();
+        self.scan = Some(scan);
         *self.shared.last_sweep.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         Ok(())
     }

@@ -96,12 +96,15 @@ impl SocketTable {
         let mut next = HashMap::with_capacity(self.socks.len());
         for rec in records {
             let prev = self.socks.get(&rec.sk);
+            // The file table says who holds a socket; between full scans of
+            // it, what the probes recorded for the socket says it; for an
+            // orphan nothing holds, only our own memory of it does.
+            let from_events = (rec.has_events != 0 && targets.contains(&rec.events.owner_tgid))
+                .then_some(rec.events.owner_tgid);
             let owner = if rec.inode != 0 {
-                inode_owner.get(&rec.inode).copied()
-            } else if rec.has_events != 0 && targets.contains(&rec.events.owner_tgid) {
-                Some(rec.events.owner_tgid)
+                inode_owner.get(&rec.inode).copied().or(from_events)
             } else {
-                prev.map(|p| p.owner).filter(|o| targets.contains(o))
+                from_events.or_else(|| prev.map(|p| p.owner).filter(|o| targets.contains(o)))
             };
             let Some(owner) = owner else { continue };
             let t = update(prev, owner, rec, now, self.tick_ns, thresholds);
