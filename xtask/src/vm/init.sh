@@ -150,7 +150,7 @@ run_case() {
             fail "$label: probe_info $hook=$method; exported: $(grep '^observer_probe_info' /tmp/metrics | tr '\n' ' ')"
         fi
     done
-    grep '^observer_probe_info' /tmp/metrics | sed -e 's/.*hook="\([a-z_]*\)",method="\([a-z_]*\)".*/\1 \2/' |
+    grep '^observer_probe_info' /tmp/metrics | sed -e 's/.*hook="\([a-z_]*\)",method="\([a-z_]*\)".*/\1 \2/' | sort |
         while read -r hook method; do echo "VMTEST-METHOD kernel=$KERNEL run=$label hook=$hook method=$method"; done
 
     # Traffic: healthy readers (opens, sends, closes), a reader that never
