@@ -1,6 +1,6 @@
 //! Reads of kernel struct fields at offsets the agent found in BTF.
 
-use aya_ebpf::helpers::bpf_probe_read_kernel;
+use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
 use observer_common::{Offsets, drop_reason};
 
 use crate::maps::count_drop;
@@ -18,15 +18,25 @@ macro_rules! off {
 pub(crate) use off;
 
 /// `*(base + offset)` as a `T`, or zero if the kernel refuses the read.
+///
+/// The helper zeroes the destination itself on failure, so the value is
+/// returned on both paths: with a separate `T::default()` on the error path
+/// the 6.1 verifier gave up on the TCP iterator after 1M instructions
+/// (E2BIG), while 6.18's accepted it.
 #[inline(always)]
 pub fn read<T: Copy + Default>(base: u64, offset: u32) -> T {
-    match unsafe { bpf_probe_read_kernel((base + offset as u64) as *const T) } {
-        Ok(value) => value,
-        Err(_) => {
-            count_drop(drop_reason::READ_FAILED);
-            T::default()
-        }
+    let mut v = T::default();
+    let ret = unsafe {
+        bpf_probe_read_kernel(
+            (&mut v as *mut T).cast(),
+            core::mem::size_of::<T>() as u32,
+            (base + offset as u64) as *const core::ffi::c_void,
+        )
+    };
+    if ret != 0 {
+        count_drop(drop_reason::READ_FAILED);
     }
+    v
 }
 
 #[inline(always)]
