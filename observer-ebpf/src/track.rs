@@ -11,6 +11,8 @@ use crate::{
     maps::{Counter, SOCKS, TARGET_PORTS, TARGET_TGIDS, bump, count_drop},
 };
 
+const IPPROTO_TCP: u16 = 6;
+
 #[inline(always)]
 fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
@@ -47,12 +49,13 @@ fn start(sk: u64, owner: u32, flags: u32, now: u64, birth: bool) -> bool {
 
 /// ACK progress bookkeeping shared by every event that looks at a socket.
 #[inline(always)]
-fn note_progress(ev: &mut SockEvents, sk: u64, now: u64) {
+fn note_progress(ev: &mut SockEvents, sk: u64, now: Option<u64>) {
     let una = kernel::snd_una(sk);
     if una != ev.snd_una || una == kernel::snd_nxt(sk) {
         // Moved, or nothing outstanding: an idle socket is not a stuck one.
+        // The clock is read only here: reading the TSC is slow in VMs.
         ev.snd_una = una;
-        ev.last_progress_ns = now;
+        ev.last_progress_ns = now.unwrap_or_else(|| unsafe { bpf_ktime_get_ns() });
     }
     // Only a socket in a zero-window episode needs its window read.
     if ev.zero_window_since_ns != 0 && kernel::snd_wnd(sk) != 0 {
@@ -68,11 +71,15 @@ pub fn on_send(sk: u64) {
     if !is_target(tgid) {
         return;
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The send tracepoints fire for every socket type; only TCP is ours
+    // (a UDP or unix socket would be read at TCP offsets and never freed).
+    if kernel::read::<u16>(sk, kernel::off!(sk_protocol)) != IPPROTO_TCP {
+        return;
+    }
     match SOCKS.get_ptr_mut(sk) {
-        Some(ev) => note_progress(unsafe { &mut *ev }, sk, now),
+        Some(ev) => note_progress(unsafe { &mut *ev }, sk, None),
         None => {
-            start(sk, tgid, 0, now, false);
+            start(sk, tgid, 0, unsafe { bpf_ktime_get_ns() }, false);
         }
     }
 }
@@ -151,7 +158,7 @@ pub fn on_write_timer(sk: u64) {
     };
     let ev = unsafe { &mut *ev };
     let now = unsafe { bpf_ktime_get_ns() };
-    note_progress(ev, sk, now);
+    note_progress(ev, sk, Some(now));
     match kernel::read::<u8>(sk, kernel::off!(icsk_pending)) {
         timer::RETRANS => {
             ev.rto_timeouts += 1;

@@ -93,6 +93,17 @@ pub enum SweepError {
     Netns { pid: u32, source: std::io::Error },
 }
 
+/// Kernel memory of the BPF maps this process holds, from its own fdinfo
+/// (`memlock:` of every fd that is a map).
+pub fn own_map_memory() -> u64 {
+    let Ok(fds) = std::fs::read_dir("/proc/self/fdinfo") else { return 0 };
+    fds.flatten()
+        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
+        .filter(|info| info.contains("map_type:"))
+        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse::<u64>().ok()))
+        .sum()
+}
+
 /// Sweeps between full reads of the targets' `/proc/PID/fd`.
 const FULL_SCAN_EVERY: u32 = 10;
 
@@ -265,6 +276,9 @@ impl Agent {
         }
         self.metrics.target_up.set(i64::from(!scan.pids.is_empty()));
         self.metrics.target_processes.set(scan.pids.len() as i64);
+        if rescan {
+            self.metrics.kernel_map.set(own_map_memory() as i64);
+        }
         *self.shared.pids.lock().unwrap_or_else(|p| p.into_inner()) = scan.pids.clone();
         self.scan = Some(scan);
         *self.shared.last_sweep.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());

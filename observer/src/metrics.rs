@@ -104,6 +104,7 @@ pub struct Metrics {
     pub sweeps: Counter,
     pub sweep_errors: Counter,
     pub sweep_duration: Gauge<f64, AtomicU64>,
+    pub kernel_map: Gauge,
     pub per_pid: Option<PerPid>,
 }
 
@@ -144,6 +145,7 @@ impl Metrics {
         r.register("sweeps", "Reconciliation sweeps against the kernel's socket table", self.sweeps.clone());
         r.register("sweep_errors", "Sweeps that failed", self.sweep_errors.clone());
         r.register_with_unit("sweep_duration", "Duration of the last sweep", Unit::Seconds, self.sweep_duration.clone());
+        r.register_with_unit("kernel_map", "Kernel memory of the observer's BPF maps (memlock, as the kernel accounts it)", Unit::Bytes, self.kernel_map.clone());
         if let Some(p) = &self.per_pid {
             r.register_with_unit("process_rss", "Resident memory (VmRSS) of each target process, at scrape time", Unit::Bytes, p.rss.clone());
             r.register("process_established_sockets", "ESTABLISHED sockets of each target process", p.established.clone());
@@ -251,6 +253,7 @@ mod tests {
             "observer_tracked_sockets",
             "observer_events_dropped_total{reason=\"socket_map_full\"}",
             "observer_sweep_duration_seconds",
+            "observer_kernel_map_bytes",
         ] {
             assert!(text.contains(&format!("\n{name} ")), "missing {name} in\n{text}");
         }

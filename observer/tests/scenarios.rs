@@ -57,6 +57,7 @@ fn every_class_in_namespaces_matches_the_kernel() {
     assert!(metric(&s, "observer_zombie_queued_bytes{reason=\"orphaned\"}") > 0.0);
     assert!(metric(&s, "observer_zombie_queued_bytes{reason=\"zero_window\"}") > 0.0);
     assert!(metric(&s, "observer_target_rss_bytes") > 0.0);
+    assert!(metric(&s, "observer_kernel_map_bytes") > 0.0, "map memory reported");
     assert!(metric(&s, "observer_rto_timeouts_total") > 0.0, "timer hook saw RTOs");
     assert!(metric(&s, "observer_retransmits_total") > 0.0, "retransmit hook fired");
     assert!(metric(&s, "observer_zero_window_probes_total") > 0.0, "persist timer seen");

@@ -27,6 +27,8 @@ pub struct Offsets {
     // struct sock
     pub sk_socket: u32,
     pub sk_wmem_queued: u32,
+    /// `sock.sk_protocol` (u16 since Linux 5.6).
+    pub sk_protocol: u32,
     /// `struct socket_alloc` -> `vfs_inode`, then `struct inode` -> `i_ino`
     pub socket_inode: u32,
     pub inode_ino: u32,
@@ -56,6 +58,7 @@ pub struct Offsets {
     /// `inet_connection_sock.icsk_probes_tstamp`: jiffies of the first
     /// zero-window probe of the current episode (Linux 5.12+; 0 = absent).
     pub icsk_probes_tstamp: u32,
+    pub _pad: u32,
     /// Address of `tcp_write_timer`, so the generic timer hook can pick out
     /// the TCP retransmit/probe timer among every timer in the system.
     pub tcp_write_timer: u64,
@@ -199,4 +202,4 @@ mod pod {
 // implicit padding would differ between the two compilers' views.
 const _: () = assert!(core::mem::size_of::<SockRecord>() == 160);
 const _: () = assert!(core::mem::size_of::<SockEvents>() == 56);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 136);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 144);

@@ -46,6 +46,7 @@ pub fn resolve(btf: &Btf) -> Result<Offsets, OffsetError> {
         net_inum: f("net", "ns.inum")?,
         sk_socket: f("sock", "sk_socket")?,
         sk_wmem_queued: f("sock", "sk_wmem_queued")?,
+        sk_protocol: f("sock", "sk_protocol")?,
         socket_inode: f("socket_alloc", "vfs_inode")?,
         inode_ino: f("inode", "i_ino")?,
         icsk_retransmits: f("inet_connection_sock", "icsk_retransmits")?,

@@ -62,10 +62,26 @@ pub fn prepare(base: &Path, selector: &Selector) -> Result<PinDir, PinError> {
             return Err(PinError::NoBpffs(root.display().to_string(), std::io::Error::last_os_error()));
         }
     }
+    prune_dead(base);
     let path = base.join(dir_name(selector));
     std::fs::create_dir_all(&path).map_err(|e| PinError::Create(path.display().to_string(), e))?;
     let reused = PINNED_MAPS.iter().any(|m| path.join(m).exists());
     Ok(PinDir { path, reused })
+}
+
+/// Removes what SIGKILLed observers left for `--pid` targets that no longer
+/// exist: nobody can continue from it, and each holds a socket map.
+fn prune_dead(base: &Path) {
+    let Ok(entries) = std::fs::read_dir(base) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("pid-")).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            PinDir { path: entry.path(), reused: false }.remove();
+        }
+    }
 }
 
 impl PinDir {
