@@ -122,6 +122,13 @@ fn run(args: RunArgs) -> Result<()> {
     // are left out rather than shown as zeros.
     let registry = metrics.register(agent.events_available());
     let selector = agent.selector.clone();
+    // Parsing BTF twice at start-up peaks far above what sweeps need; give
+    // the freed heap back rather than carry it for the process's life.
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory; no pointer is invalidated.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     // Loaded and attached: what is left to do needs far less.
     // A target picked by name may (re)start in another network namespace;
     // one picked by PID stays where it is.

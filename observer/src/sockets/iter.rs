@@ -40,9 +40,33 @@ pub fn read_sockets(ebpf: &mut Ebpf, netns: Option<&File>) -> Result<Vec<SockRec
         None => link.into_file().map_err(|e| IterError::Kernel(e.to_string()))?,
         Some(ns) => in_netns(ns, || link.into_file().map_err(|e| IterError::Kernel(e.to_string())))??,
     };
-    let mut buf = Vec::with_capacity(64 * 1024);
-    file.read_to_end(&mut buf).map_err(|e| IterError::Kernel(format!("reading: {e}")))?;
-    decode(&buf)
+    read_records(&mut file)
+}
+
+/// Decodes while reading, a chunk at a time, so a sweep of 100k sockets
+/// never holds the raw bytes and the records at once.
+fn read_records(file: &mut File) -> Result<Vec<SockRecord>, IterError> {
+    const SIZE: usize = size_of::<SockRecord>();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut filled = 0;
+    let mut out = Vec::new();
+    loop {
+        let n = match file.read(&mut chunk[filled..]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(IterError::Kernel(format!("reading: {e}"))),
+        };
+        filled += n;
+        let whole = filled - filled % SIZE;
+        out.extend(decode(&chunk[..whole])?);
+        chunk.copy_within(whole..filled, 0);
+        filled -= whole;
+    }
+    if filled != 0 {
+        return Err(IterError::Torn(filled));
+    }
+    Ok(out)
 }
 
 /// Splits iterator output into records.
