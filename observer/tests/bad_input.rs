@@ -127,3 +127,22 @@ fn forced_unavailable_method_is_explained() {
     let args = ["run", "--pid", &pid, "--listen", "127.0.0.1:0", "--probe-method", "send=kprobe"];
     assert_one_line_error(&args, 1, "no attach method works for required hook `send`: kprobe: kernel lacks kprobes");
 }
+
+#[test]
+fn pid_from_another_pid_namespace() {
+    require_root();
+    // An observer in a container (its own PID namespace) given a host PID
+    // sees no such process there, and says so rather than watching whatever
+    // holds that number in its own namespace.
+    let target = sleeper();
+    let out = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(OBSERVER)
+        .args(["run", "--pid", &target.pid().to_string(), "--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run observer in a new PID namespace");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.contains(&format!("no such process: {}", target.pid())), "stderr: {stderr}");
+}
