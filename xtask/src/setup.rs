@@ -38,22 +38,7 @@ fn apt_packages() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    if !is_root() {
-        bail!("missing packages {}: run `sudo cargo xtask setup` or install them", missing.join(" "));
-    }
-    sh::run("apt-get", &["update", "-qq"])?;
-    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    args.extend(&missing);
-    // SAFETY of env: DEBIAN_FRONTEND keeps apt from asking questions (CI has no stdin).
-    let status = std::process::Command::new("apt-get")
-        .args(&args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(std::process::Stdio::null())
-        .status()
-        .context("cannot start apt-get")?;
-    if !status.success() {
-        bail!("apt-get install {} failed: {status}", missing.join(" "));
-    }
+    apt_install(&missing, "cargo xtask setup")?;
     if missing.contains(&"prometheus") {
         stop_packaged_prometheus();
     }
@@ -67,6 +52,28 @@ fn stop_packaged_prometheus() {
     if sh::ok("service", &["prometheus", "stop"]) {
         eprintln!("+ service prometheus stop (only the binaries are needed)");
     }
+}
+
+/// Installs Debian packages without questions (CI has no stdin); `task`
+/// names what needs them, for the error a non-root user gets.
+pub fn apt_install(packages: &[&str], task: &str) -> Result<()> {
+    if !is_root() {
+        bail!("{task} needs the packages {}: install them or run as root", packages.join(" "));
+    }
+    sh::run("apt-get", &["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(packages);
+    eprintln!("+ apt-get {}", args.join(" "));
+    let status = std::process::Command::new("apt-get")
+        .args(&args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(std::process::Stdio::null())
+        .status()
+        .context("cannot start apt-get")?;
+    if !status.success() {
+        bail!("apt-get install {} failed: {status}", packages.join(" "));
+    }
+    Ok(())
 }
 
 fn nightly_with_rust_src() -> Result<()> {

@@ -2,9 +2,9 @@
 //! the ordinary test setup stays fast): QEMU, a static busybox for the
 //! guest's userland, and Rust's musl target for static binaries.
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 
-use crate::{setup::is_root, sh};
+use crate::sh;
 
 /// (package, a file it installs). `busybox-static` and `busybox` install the
 /// same path, so the static one is recognised by its package status instead.
@@ -30,22 +30,7 @@ fn apt_packages() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    if !is_root() {
-        bail!("the VM test needs {}: install them or run as root", missing.join(" "));
-    }
-    sh::run("apt-get", &["update", "-qq"])?;
-    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-    args.extend(&missing);
-    eprintln!("+ apt-get {}", args.join(" "));
-    let status = std::process::Command::new("apt-get")
-        .args(&args)
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(std::process::Stdio::null())
-        .status()
-        .context("cannot start apt-get")?;
-    if !status.success() {
-        bail!("apt-get install {} failed: {status}", missing.join(" "));
-    }
+    crate::setup::apt_install(&missing, "the VM test")?;
     Ok(())
 }
 
