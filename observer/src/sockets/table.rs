@@ -19,6 +19,8 @@ pub struct Tracked {
     pub zero_window_at: Option<u64>,
     /// The kernel map holds (or was asked to hold) this socket.
     pub kernel_tracked: bool,
+    /// The sweep that last saw the socket.
+    pub seen: u64,
 }
 
 impl Tracked {
@@ -53,6 +55,7 @@ pub struct SocketTable {
     /// Length of a jiffy in ns, to date what a socket did before the agent
     /// first saw it; 0 when unknown (then such clocks start at first sight).
     tick_ns: u64,
+    generation: u64,
 }
 
 /// Aggregates over the table for one set of owners.
@@ -70,7 +73,7 @@ pub struct Summary {
 
 impl SocketTable {
     pub fn with_tick(tick_ns: u64) -> Self {
-        SocketTable { socks: HashMap::new(), tick_ns }
+        SocketTable { socks: HashMap::new(), tick_ns, generation: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -93,7 +96,10 @@ impl SocketTable {
         thresholds: &Thresholds,
     ) -> SweepActions {
         let mut actions = SweepActions::default();
-        let mut next = HashMap::with_capacity(self.socks.len());
+        // Updated in place and pruned by generation: at 100k sockets a
+        // second map per sweep would double the agent's memory.
+        self.generation += 1;
+        let generation = self.generation;
         for rec in records {
             let prev = self.socks.get(&rec.sk);
             // The file table says who holds a socket; between full scans of
@@ -119,9 +125,9 @@ impl SocketTable {
                     actions.track.push((rec.sk, owner, rec.snd_una));
                 }
             }
-            next.insert(rec.sk, t);
+            self.socks.insert(rec.sk, Tracked { seen: generation, ..t });
         }
-        self.socks = next;
+        self.socks.retain(|_, t| t.seen == generation);
         actions
     }
 
@@ -238,6 +244,7 @@ fn update(prev: Option<&Tracked>, owner: u32, rec: &SockRecord, now: u64, tick_n
         close_wait_at,
         zero_window_at,
         kernel_tracked: rec.has_events != 0 || prev.is_some_and(|p| p.kernel_tracked),
+        seen: 0,
     }
 }
 

@@ -123,6 +123,7 @@ mod tests {
             close_wait_at: None,
             zero_window_at: None,
             kernel_tracked: true,
+            seen: 0,
         }
     }
 
