@@ -94,6 +94,14 @@ fn killed_observer_restarts_where_it_was_and_sigterm_leaves_nothing() {
     ]);
     let pid = lab.server_pid.to_string();
     let pin_dir = format!("/sys/fs/bpf/observer-test-{}", std::process::id());
+    // Removed however the test ends (bpffs entries outlive the process).
+    struct RemoveDir(String);
+    impl Drop for RemoveDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = RemoveDir(pin_dir.clone());
     let mut args = vec!["--pid", pid.as_str(), "--pin-dir", pin_dir.as_str()];
     args.extend_from_slice(FAST);
 
@@ -139,7 +147,6 @@ fn killed_observer_restarts_where_it_was_and_sigterm_leaves_nothing() {
             (!out.status.success()).then_some(())
         });
     }
-    let _ = std::fs::remove_dir(&pin_dir);
 }
 
 /// Ids of the BPF programs `pid` holds open, from its fdinfo.
