@@ -12,6 +12,8 @@ mod privileges;
 mod probes;
 mod sockets;
 mod target;
+#[cfg(test)]
+mod test_support;
 mod top;
 
 use std::{

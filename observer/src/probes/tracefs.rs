@@ -279,7 +279,6 @@ fn quote(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     // Verbatim format files captured from Linux 6.18 (x86_64).
     const INET_SOCK_SET_STATE: &str = "\
@@ -778,37 +777,12 @@ mod tests {
     }
 
     /// A scratch directory removed on drop.
-    struct TempTree(PathBuf);
-
-    impl TempTree {
-        fn new() -> io::Result<Self> {
-            static COUNTER: AtomicUsize = AtomicUsize::new(0);
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path =
-                std::env::temp_dir().join(format!("observer-tracefs-{}-{n}", std::process::id()));
-            let _ = fs::remove_dir_all(&path);
-            fs::create_dir_all(&path)?;
-            Ok(Self(path))
-        }
-        fn write(&self, rel: &str, contents: &[u8]) -> io::Result<()> {
-            let path = self.0.join(rel);
-            if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            fs::write(path, contents)
-        }
-    }
-
-    impl Drop for TempTree {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_support::TempTree;
 
     #[test]
     fn fake_tracefs_tree() -> Result<(), Box<dyn std::error::Error>> {
-        let tree = TempTree::new()?;
-        let root = tree.0.join("tracing");
+        let tree = TempTree::new("tracefs")?;
+        let root = tree.path().join("tracing");
         tree.write(
             "tracing/events/sock/inet_sock_set_state/format",
             INET_SOCK_SET_STATE.as_bytes(),
@@ -872,9 +846,9 @@ mod tests {
         }
 
         // tracefs_root selection: first candidate with an events directory.
-        let a = tree.0.join("a");
-        let b = tree.0.join("b");
-        let c = tree.0.join("c");
+        let a = tree.path().join("a");
+        let b = tree.path().join("b");
+        let c = tree.path().join("c");
         fs::create_dir_all(&a)?; // no events
         fs::create_dir_all(b.join("events"))?;
         tree.write("c/events", b"not a directory")?;

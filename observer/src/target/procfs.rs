@@ -429,41 +429,12 @@ mod tests {
     use std::os::unix::ffi::OsStringExt;
     use std::os::unix::fs::symlink;
     use std::process::{Child, Command};
-    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::{Duration, Instant};
 
     type TestResult = Result<(), Box<dyn std::error::Error>>;
 
     /// A scratch directory removed on drop.
-    struct TempTree(PathBuf);
-
-    impl TempTree {
-        fn new(tag: &str) -> io::Result<Self> {
-            static COUNTER: AtomicUsize = AtomicUsize::new(0);
-            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path = std::env::temp_dir()
-                .join(format!("observer-procfs-{tag}-{}-{n}", std::process::id()));
-            let _ = fs::remove_dir_all(&path);
-            fs::create_dir_all(&path)?;
-            Ok(Self(path))
-        }
-        fn path(&self) -> &Path {
-            &self.0
-        }
-        fn write(&self, rel: &str, contents: &[u8]) -> io::Result<()> {
-            let path = self.0.join(rel);
-            if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            fs::write(path, contents)
-        }
-    }
-
-    impl Drop for TempTree {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
+    use crate::test_support::TempTree;
 
     /// Kills and reaps a child we started, even when the test fails.
     struct ChildGuard(Child);
@@ -878,7 +849,7 @@ mod tests {
 
     #[test]
     fn fake_tree_socket_inodes() -> TestResult {
-        let tree = TempTree::new("fd")?;
+        let tree = TempTree::new("procfs-fd")?;
         let fd = tree.path().join("42").join("fd");
         fs::create_dir_all(&fd)?;
         let links: &[(&str, &[u8])] = &[
@@ -915,7 +886,7 @@ mod tests {
 
     #[test]
     fn fake_tree_status_and_stat() -> TestResult {
-        let tree = TempTree::new("status")?;
+        let tree = TempTree::new("procfs-status")?;
         tree.write("5/status", USER_STATUS.as_bytes())?;
         tree.write("5/stat", b"5 (cat) R 1 1 1 0 -1 4194304 0 0\n")?;
         tree.write(
@@ -958,7 +929,7 @@ mod tests {
 
     #[test]
     fn fake_tree_pids_by_comm() -> TestResult {
-        let tree = TempTree::new("comm")?;
+        let tree = TempTree::new("procfs-comm")?;
         tree.write("1/comm", b"bash\n")?;
         tree.write("10/comm", b"bash\n")?;
         tree.write("2/comm", b"bash \n")?;
@@ -1117,7 +1088,7 @@ mod tests {
 
     #[test]
     fn real_pids_by_comm_and_vanishing_process() -> TestResult {
-        let tree = TempTree::new("spawn")?;
+        let tree = TempTree::new("procfs-spawn")?;
         let exe_name = format!(
             "obs{:08}-{}",
             std::process::id(),
