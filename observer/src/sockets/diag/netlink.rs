@@ -32,7 +32,8 @@ impl NetlinkSocket {
         }
         // SAFETY: fd is a fresh, valid descriptor nobody else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let tv = libc::timeval { tv_sec: REPLY_TIMEOUT.as_secs() as libc::time_t, tv_usec: 0 };
+        // `as _`: time_t is deprecated as a name on musl, the field type is not.
+        let tv = libc::timeval { tv_sec: REPLY_TIMEOUT.as_secs() as _, tv_usec: 0 };
         // SAFETY: valid fd and a timeval of the size passed.
         let rc = unsafe {
             libc::setsockopt(
