@@ -109,6 +109,17 @@ fn sock_diag_only(opts: &LoadOptions, why_not_iter: String) -> Result<Probes, cr
     Ok(Probes { ebpf: None, caps: caps::detect(btf.as_ref()), choices })
 }
 
+/// What loading needs to know of the running kernel: its capabilities, the
+/// offsets for the programs, and its BTF in aya's form.
+fn kernel_facts(opts: &LoadOptions) -> Result<(Capabilities, Offsets, AyaBtf), ProbeError> {
+    let btf = offsets::load_btf(&opts.btf_path)?;
+    let caps = caps::detect(Some(&btf));
+    let offsets = kernel_offsets(&btf, &caps)?;
+    let aya_btf = AyaBtf::parse_file(&opts.btf_path, Endianness::default())
+        .map_err(|e| ProbeError::Object(format!("parsing {}: {e}", opts.btf_path.display())))?;
+    Ok((caps, offsets, aya_btf))
+}
+
 /// Offsets from BTF, plus the tracefs record layouts and the timer function
 /// address where this kernel offers them (methods needing them fail to
 /// attach otherwise, which the plan handles like any other refusal).
@@ -138,11 +149,7 @@ fn kernel_offsets(btf: &btf_rs::Btf, caps: &Capabilities) -> Result<Offsets, Pro
 }
 
 fn load_bpf(opts: &LoadOptions) -> Result<Probes, ProbeError> {
-    let btf = offsets::load_btf(&opts.btf_path)?;
-    let caps = caps::detect(Some(&btf));
-    let offsets = kernel_offsets(&btf, &caps)?;
-    let aya_btf = AyaBtf::parse_file(&opts.btf_path, Endianness::default())
-        .map_err(|e| ProbeError::Object(format!("parsing {}: {e}", opts.btf_path.display())))?;
+    let (caps, offsets, aya_btf) = kernel_facts(opts)?;
 
     let mut loader = EbpfLoader::new();
     loader
@@ -266,7 +273,7 @@ fn try_attach(ebpf: &mut Ebpf, a: &Attach, btf: &AyaBtf, offsets: &Offsets) -> R
             return Err(format!("tracepoint {} has no readable format", a.target));
         }
     }
-    load_and_attach(program(ebpf, a.program)?, a, btf)
+    load_and_attach(program(ebpf, a.program)?, a, btf, true)
 }
 
 /// Attaches a loaded program, unloading it again if the attach fails.
@@ -279,38 +286,53 @@ macro_rules! attach_or_unload {
     };
 }
 
-fn load_and_attach(prog: &mut Program, a: &Attach, btf: &AyaBtf) -> Result<(), String> {
+/// Loads one method's program and, when `attach` is set, attaches it
+/// (unloading it again if the attach fails). Without `attach` it is the
+/// verifier's answer alone.
+fn load_and_attach(prog: &mut Program, a: &Attach, btf: &AyaBtf, attach: bool) -> Result<(), String> {
     match a.method {
         Method::Fentry => {
             let p: &mut FEntry = prog.try_into().map_err(err)?;
             p.load(a.target, btf).map_err(err)?;
-            attach_or_unload!(p, p.attach());
+            if attach {
+                attach_or_unload!(p, p.attach());
+            }
         }
         Method::Fexit => {
             let p: &mut FExit = prog.try_into().map_err(err)?;
             p.load(a.target, btf).map_err(err)?;
-            attach_or_unload!(p, p.attach());
+            if attach {
+                attach_or_unload!(p, p.attach());
+            }
         }
         Method::Kprobe => {
             let p: &mut KProbe = prog.try_into().map_err(err)?;
             p.load().map_err(err)?;
-            attach_or_unload!(p, p.attach(a.target, 0));
+            if attach {
+                attach_or_unload!(p, p.attach(a.target, 0));
+            }
         }
         Method::TpBtf => {
             let p: &mut BtfTracePoint = prog.try_into().map_err(err)?;
             p.load(a.target, btf).map_err(err)?;
-            attach_or_unload!(p, p.attach());
+            if attach {
+                attach_or_unload!(p, p.attach());
+            }
         }
         Method::RawTracepoint => {
             let p: &mut RawTracePoint = prog.try_into().map_err(err)?;
             p.load().map_err(err)?;
-            attach_or_unload!(p, p.attach(a.target));
+            if attach {
+                attach_or_unload!(p, p.attach(a.target));
+            }
         }
         Method::Tracepoint => {
             let (category, name) = a.target.split_once('/').ok_or("bad tracepoint name")?;
             let p: &mut TracePoint = prog.try_into().map_err(err)?;
             p.load().map_err(err)?;
-            attach_or_unload!(p, p.attach(category, name));
+            if attach {
+                attach_or_unload!(p, p.attach(category, name));
+            }
         }
         Method::Iter => {
             // Attached afresh at every sweep, in the target's network namespace.
@@ -330,11 +352,7 @@ pub type Verdicts = Vec<(&'static Attach, Result<(), String>)>;
 /// attach (kprobes here) are at least valid programs. One object, BTF parsed
 /// once; each program appears in one plan row only, so each loads once.
 pub fn verify_all(opts: &LoadOptions) -> Result<Verdicts, ProbeError> {
-    let btf = offsets::load_btf(&opts.btf_path)?;
-    let caps = caps::detect(Some(&btf));
-    let offsets = kernel_offsets(&btf, &caps)?;
-    let aya_btf = AyaBtf::parse_file(&opts.btf_path, Endianness::default())
-        .map_err(|e| ProbeError::Object(format!("parsing {}: {e}", opts.btf_path.display())))?;
+    let (_, offsets, aya_btf) = kernel_facts(opts)?;
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&aya_btf))
         .override_global("OFFSETS", &offsets, true)
@@ -348,36 +366,5 @@ fn verify_one(ebpf: &mut Ebpf, a: &Attach, btf: &AyaBtf) -> Result<(), String> {
     if a.program.is_empty() {
         return Ok(());
     }
-    let prog = program(ebpf, a.program)?;
-    match a.method {
-        Method::Fentry => {
-            let p: &mut FEntry = prog.try_into().map_err(err)?;
-            p.load(a.target, btf).map_err(err)
-        }
-        Method::Fexit => {
-            let p: &mut FExit = prog.try_into().map_err(err)?;
-            p.load(a.target, btf).map_err(err)
-        }
-        Method::Kprobe => {
-            let p: &mut KProbe = prog.try_into().map_err(err)?;
-            p.load().map_err(err)
-        }
-        Method::TpBtf => {
-            let p: &mut BtfTracePoint = prog.try_into().map_err(err)?;
-            p.load(a.target, btf).map_err(err)
-        }
-        Method::RawTracepoint => {
-            let p: &mut RawTracePoint = prog.try_into().map_err(err)?;
-            p.load().map_err(err)
-        }
-        Method::Tracepoint => {
-            let p: &mut TracePoint = prog.try_into().map_err(err)?;
-            p.load().map_err(err)
-        }
-        Method::Iter => {
-            let p: &mut Iter = prog.try_into().map_err(err)?;
-            p.load(a.target, btf).map_err(err)
-        }
-        _ => Ok(()),
-    }
+    load_and_attach(program(ebpf, a.program)?, a, btf, false)
 }
