@@ -75,15 +75,16 @@ fn route<B>(state: &State, req: &Request<B>) -> Response<Full<Bytes>> {
         "/metrics" => {
             // RSS is sampled now, at scrape time, not at the last sweep.
             let pids = state.shared.pids.lock().map(|p| p.clone()).unwrap_or_default();
-            let (rss, anon) = target::rss(&pids).unwrap_or((0, 0));
+            // One read of each process's status serves the sum and the
+            // per-process series.
+            let each = target::rss_each(&pids);
+            let (rss, anon) = target::sum_rss(&each).unwrap_or((0, 0));
             state.metrics.target_rss.set(rss as i64);
             state.metrics.target_rss_anon.set(anon as i64);
             if let Some(per) = &state.metrics.per_pid {
                 per.rss.clear();
-                for &pid in pids.iter().take(state.max_pids) {
-                    if let Some((r, _)) = target::rss(&[pid]) {
-                        per.rss.get_or_create(&metrics::PidLabel { pid }).set(r as i64);
-                    }
+                for &(pid, r, _) in each.iter().take(state.max_pids) {
+                    per.rss.get_or_create(&metrics::PidLabel { pid }).set(r as i64);
                 }
             }
             match metrics::encode(&state.registry) {

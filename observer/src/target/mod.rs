@@ -103,13 +103,20 @@ pub fn open_netns(pid: u32) -> std::io::Result<File> {
 
 /// Resident memory of the targets, summed: (VmRSS, RssAnon) in bytes.
 pub fn rss(pids: &[u32]) -> Option<(u64, u64)> {
-    let mut total = None;
-    for &pid in pids {
-        if let Ok(st) = procfs::read_status(pid) {
-            let (r, a) = total.get_or_insert((0, 0));
-            *r += st.vm_rss_bytes.unwrap_or(0);
-            *a += st.rss_anon_bytes.unwrap_or(0);
-        }
-    }
-    total
+    sum_rss(&rss_each(pids))
+}
+
+/// (pid, VmRSS, RssAnon) of each target that could be read.
+pub fn rss_each(pids: &[u32]) -> Vec<(u32, u64, u64)> {
+    pids.iter()
+        .filter_map(|&pid| {
+            let st = procfs::read_status(pid).ok()?;
+            Some((pid, st.vm_rss_bytes.unwrap_or(0), st.rss_anon_bytes.unwrap_or(0)))
+        })
+        .collect()
+}
+
+/// The sum of [`rss_each`], None when no target could be read.
+pub fn sum_rss(each: &[(u32, u64, u64)]) -> Option<(u64, u64)> {
+    (!each.is_empty()).then(|| each.iter().fold((0, 0), |(r, a), (_, pr, pa)| (r + pr, a + pa)))
 }
