@@ -264,13 +264,15 @@ impl Agent {
         self.collect_counters(&targets);
         self.collect_drops();
 
-        self.metrics.publish(&self.table.summary(None));
+        self.metrics.publish(&self.table.summary());
         if self.metrics.per_pid.is_some() {
+            // One pass over the table for every process, not one per process.
+            let mut by_owner = self.table.summary_by_owner();
             let per: Vec<(u32, _)> = scan
                 .pids
                 .iter()
                 .take(self.max_pids)
-                .map(|&pid| (pid, self.table.summary(Some(&HashSet::from([pid])))))
+                .map(|&pid| (pid, by_owner.remove(&pid).unwrap_or_default()))
                 .collect();
             self.metrics.publish_per_pid(&per);
         }

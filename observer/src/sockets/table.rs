@@ -71,6 +71,30 @@ pub struct Summary {
     pub tracked: u64,
 }
 
+impl Summary {
+    fn add(&mut self, t: &Tracked) {
+        self.tracked += 1;
+        *self.by_state.entry(t.record.state).or_default() += 1;
+        if t.is_listener() {
+            return;
+        }
+        let (unsent, unacked) = (t.unsent() as u64, t.unacked() as u64);
+        self.unsent += unsent;
+        self.unacked += unacked;
+        match t.class {
+            Class::Zombie(r) => {
+                *self.zombies.entry(r).or_default() += 1;
+                *self.zombie_bytes.entry(r).or_default() += unsent + unacked;
+            }
+            Class::Stalled(r) => {
+                *self.stalled.entry(r).or_default() += 1;
+                *self.stalled_bytes.entry(r).or_default() += unsent + unacked;
+            }
+            Class::Healthy => {}
+        }
+    }
+}
+
 impl SocketTable {
     pub fn with_tick(tick_ns: u64) -> Self {
         SocketTable { socks: HashMap::new(), tick_ns, generation: 0 }
@@ -137,31 +161,22 @@ impl SocketTable {
         }
     }
 
-    /// Summary over the sockets owned by any PID in `owners` (all if None).
-    pub fn summary(&self, owners: Option<&HashSet<u32>>) -> Summary {
+    /// Summary over every socket in the table.
+    pub fn summary(&self) -> Summary {
         let mut s = Summary::default();
-        for t in self.socks.values().filter(|t| owners.is_none_or(|o| o.contains(&t.owner))) {
-            s.tracked += 1;
-            *s.by_state.entry(t.record.state).or_default() += 1;
-            if t.is_listener() {
-                continue;
-            }
-            let (unsent, unacked) = (t.unsent() as u64, t.unacked() as u64);
-            s.unsent += unsent;
-            s.unacked += unacked;
-            match t.class {
-                Class::Zombie(r) => {
-                    *s.zombies.entry(r).or_default() += 1;
-                    *s.zombie_bytes.entry(r).or_default() += unsent + unacked;
-                }
-                Class::Stalled(r) => {
-                    *s.stalled.entry(r).or_default() += 1;
-                    *s.stalled_bytes.entry(r).or_default() += unsent + unacked;
-                }
-                Class::Healthy => {}
-            }
+        for t in self.socks.values() {
+            s.add(t);
         }
         s
+    }
+
+    /// One summary per owning process, in a single pass over the table.
+    pub fn summary_by_owner(&self) -> HashMap<u32, Summary> {
+        let mut by: HashMap<u32, Summary> = HashMap::new();
+        for t in self.socks.values() {
+            by.entry(t.owner).or_default().add(t);
+        }
+        by
     }
 }
 
@@ -291,16 +306,16 @@ mod tests {
         let mut r = SockRecord { snd_una: 1000, snd_nxt: 9000, write_seq: 20000, retransmits: 3, backoff: 3, ..rec(5, 9, tcp_state::ESTABLISHED) };
         table.sweep(SEC, &[r], &inodes, &targets, &th);
         table.sweep(4 * SEC, &[r], &inodes, &targets, &th);
-        assert_eq!(table.summary(None).zombies.get(&ZombieReason::DeadPeer), None);
+        assert_eq!(table.summary().zombies.get(&ZombieReason::DeadPeer), None);
         table.sweep(7 * SEC, &[r], &inodes, &targets, &th);
-        let s = table.summary(None);
+        let s = table.summary();
         assert_eq!(s.zombies.get(&ZombieReason::DeadPeer), Some(&1));
         assert_eq!(s.zombie_bytes.get(&ZombieReason::DeadPeer), Some(&19000));
         assert_eq!((s.unsent, s.unacked), (11000, 8000));
         // An ACK arrives: progress resets the clock.
         r.snd_una = 2000;
         table.sweep(8 * SEC, &[r], &inodes, &targets, &th);
-        assert_eq!(table.summary(None).zombies.get(&ZombieReason::DeadPeer), None);
+        assert_eq!(table.summary().zombies.get(&ZombieReason::DeadPeer), None);
     }
 
     #[test]
@@ -314,15 +329,15 @@ mod tests {
         let zw = SockRecord { snd_wnd: 0, write_seq: 900, snd_nxt: 100, snd_una: 100, pending: 3, jiffies: 3000, probes_tstamp: 1000, ..rec(3, 6, tcp_state::ESTABLISHED) };
         let owners_ = owners(&[(9, 7), (8, 7), (6, 7)]);
         table.sweep(100 * SEC, &[dead, cw, zw], &owners_, &targets, &th);
-        let s = table.summary(None);
+        let s = table.summary();
         assert_eq!(s.stalled.get(&StallReason::ZeroWindow), Some(&1));
         assert_eq!(s.zombies.get(&ZombieReason::DeadPeer), Some(&1), "a restarted observer sees the old stall at once");
         assert_eq!(s.zombies.get(&ZombieReason::CloseWait), Some(&1));
         // Without a tick length nothing is dated: clocks start now.
         let mut table = SocketTable::default();
         table.sweep(100 * SEC, &[dead, cw, zw], &owners_, &targets, &th);
-        assert!(table.summary(None).zombies.is_empty());
-        assert!(table.summary(None).stalled.is_empty());
+        assert!(table.summary().zombies.is_empty());
+        assert!(table.summary().stalled.is_empty());
     }
 
     #[test]
@@ -347,7 +362,7 @@ mod tests {
         let a = table.sweep(SEC, &[l], &owners(&[(3, 7)]), &targets, &Thresholds::default());
         assert_eq!(a.listen_ports.get(&(4026531840, 8080)), Some(&7));
         assert!(a.track.is_empty());
-        let s = table.summary(None);
+        let s = table.summary();
         assert_eq!((s.tracked, s.unsent), (1, 0));
     }
 }

@@ -92,7 +92,7 @@ fn snapshot(agent: &Agent, interval: Duration, error: Option<String>) -> Model {
         rss: crate::target::rss(&pids),
         pids,
         interval,
-        summary: table.summary(None),
+        summary: table.summary(),
         rows: model::rows(table.sockets(), monotonic_ns()),
         error,
     }
