@@ -5,7 +5,7 @@
 
 use core::ffi::c_void;
 
-use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_seq_write};
+use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_ns, bpf_seq_write};
 use observer_common::{SockRecord, drop_reason, tcp_state};
 
 use crate::{
@@ -66,9 +66,16 @@ pub fn observer_sockets(ctx: *mut IterTcpCtx) -> i32 {
         wmem_queued: read(sk, off!(sk_wmem_queued)),
         jiffies: unsafe { bpf_jiffies64() } as u32,
         rcv_tstamp: read(sk, off!(rcv_tstamp)),
-        lrcvtime: read(sk, off!(icsk_lrcvtime)),
         // Offset 0 marks a kernel without the field.
-        probes_tstamp: if off!(icsk_probes_tstamp) != 0 { read(sk, off!(icsk_probes_tstamp)) } else { 0 },
+        probes_tstamp: if off!(icsk_probes_tstamp) != 0 {
+            read(sk, off!(icsk_probes_tstamp))
+        } else {
+            0
+        },
+        rto: read(sk, off!(icsk_rto)),
+        total_retrans: kernel::total_retrans(sk),
+        ktime_us: unsafe { bpf_ktime_get_ns() } / 1000,
+        mstamp_us: read(sk, off!(tcp_mstamp)),
         ..SockRecord::default()
     };
     if rec.family == AF_INET6 {

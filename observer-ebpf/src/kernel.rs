@@ -83,3 +83,8 @@ pub fn inode(sk: u64) -> u64 {
     }
     read::<u64>(socket, off!(socket_inode) + off!(inode_ino))
 }
+
+#[inline(always)]
+pub fn total_retrans(sk: u64) -> u32 {
+    read::<u32>(sk, off!(total_retrans))
+}

@@ -41,6 +41,15 @@ pub fn count_drop(reason: u32) {
 /// Bumps one counter of `tgid`, creating its entry on first use.
 #[inline(always)]
 pub fn bump(tgid: u32, counter: Counter) {
+    bump_by(tgid, counter, 1);
+}
+
+/// Adds `n` to one counter of `tgid`.
+#[inline(always)]
+pub fn bump_by(tgid: u32, counter: Counter, n: u64) {
+    if n == 0 {
+        return;
+    }
     let ptr = match COUNTERS.get_ptr_mut(tgid) {
         Some(ptr) => ptr,
         None => {
@@ -67,7 +76,7 @@ pub fn bump(tgid: u32, counter: Counter) {
         Counter::Opened => &mut c.opened,
         Counter::Closed => &mut c.closed,
     };
-    *slot += 1;
+    *slot += n;
 }
 
 #[derive(Clone, Copy)]

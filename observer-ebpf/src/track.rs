@@ -8,7 +8,7 @@ use observer_common::{
 
 use crate::{
     kernel,
-    maps::{Counter, SOCKS, TARGET_PORTS, TARGET_TGIDS, bump, count_drop},
+    maps::{Counter, SOCKS, TARGET_PORTS, TARGET_TGIDS, bump, bump_by, count_drop},
 };
 
 const IPPROTO_TCP: u16 = 6;
@@ -25,14 +25,20 @@ fn is_target(tgid: u32) -> bool {
 
 /// Starts tracking `sk` for `owner`. Returns false when the map refused it.
 /// `birth` replaces whatever an earlier socket at the same address left
-/// behind; otherwise the first writer wins.
+/// behind, and dates the state from now; otherwise the first writer wins.
 #[inline(always)]
 fn start(sk: u64, owner: u32, flags: u32, now: u64, birth: bool) -> bool {
+    let una = kernel::snd_una(sk);
+    // Seen mid-life with data outstanding, the last progress is unknown: 0
+    // lets the agent date it from the socket's own stamps instead of now.
+    let outstanding = !birth && una != kernel::snd_nxt(sk);
     let events = SockEvents {
         owner_tgid: owner,
         flags,
-        snd_una: kernel::snd_una(sk),
-        last_progress_ns: now,
+        snd_una: una,
+        total_retrans: kernel::total_retrans(sk),
+        last_progress_ns: if outstanding { 0 } else { now },
+        state_since_ns: if birth { now } else { 0 },
         ..SockEvents::default()
     };
     // BPF_ANY (0) at birth; BPF_NOEXIST (1) otherwise, never to clobber
@@ -63,6 +69,20 @@ fn note_progress(ev: &mut SockEvents, sk: u64, now: Option<u64>) {
     }
 }
 
+/// Counts the segments the kernel retransmitted since the last look, from
+/// its own per-socket total: the same count whether this runs before the
+/// retransmission (fentry, kprobe) or after it (tracepoints).
+#[inline(always)]
+fn account_retransmits(ev: &mut SockEvents, sk: u64) {
+    let total = kernel::total_retrans(sk);
+    let new = total.wrapping_sub(ev.total_retrans);
+    if new != 0 && new < 1 << 30 {
+        ev.retransmits = ev.retransmits.wrapping_add(new);
+        bump_by(ev.owner_tgid, Counter::Retransmits, u64::from(new));
+    }
+    ev.total_retrans = total;
+}
+
 /// After a send by the current task. Sends run in the sender's context, so
 /// a process we do not watch costs one lookup in a small map and no more.
 #[inline(always)]
@@ -79,16 +99,23 @@ pub fn on_send(sk: u64) {
     match SOCKS.get_ptr_mut(sk) {
         Some(ev) => note_progress(unsafe { &mut *ev }, sk, None),
         None => {
-            start(sk, tgid, 0, unsafe { bpf_ktime_get_ns() }, false);
+            // A write after a reset reaches a socket already in CLOSE, whose
+            // destruction no state change will announce: never start one.
+            let state = kernel::state(sk);
+            if state != tcp_state::CLOSE && state != tcp_state::LISTEN {
+                start(sk, tgid, 0, unsafe { bpf_ktime_get_ns() }, false);
+            }
         }
     }
 }
 
-/// The application closed the socket (tcp_close).
+/// The application closed the socket (tcp_close), in the closer's context.
 #[inline(always)]
 pub fn on_close(sk: u64) {
     if let Some(ev) = SOCKS.get_ptr_mut(sk) {
-        unsafe { (*ev).flags |= FLAG_APP_CLOSED };
+        let ev = unsafe { &mut *ev };
+        ev.flags |= FLAG_APP_CLOSED;
+        ev.owner_tgid = current_tgid();
     }
 }
 
@@ -120,17 +147,37 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
         }
         return;
     }
-    let Some(ev) = SOCKS.get_ptr_mut(sk) else {
-        return;
+    // FIN_WAIT1 and LAST_ACK follow only close() or shutdown(), which run in
+    // the context of the process that holds the socket: that process is the
+    // owner from here on, also for an orphan whose owner later exits.
+    let closing = new == tcp_state::FIN_WAIT1 || new == tcp_state::LAST_ACK;
+    let ev = match SOCKS.get_ptr_mut(sk) {
+        Some(ev) => ev,
+        None => {
+            let tgid = current_tgid();
+            if !closing || !is_target(tgid) || !start(sk, tgid, FLAG_APP_CLOSED, now, false) {
+                return;
+            }
+            match SOCKS.get_ptr_mut(sk) {
+                Some(ev) => ev,
+                None => return,
+            }
+        }
     };
     let ev = unsafe { &mut *ev };
+    ev.state_since_ns = now;
     match new {
         tcp_state::ESTABLISHED if ev.flags & FLAG_COUNTED_OPEN == 0 => {
             ev.flags |= FLAG_COUNTED_OPEN;
             bump(ev.owner_tgid, Counter::Opened);
         }
         tcp_state::CLOSE_WAIT => ev.close_wait_since_ns = now,
+        tcp_state::FIN_WAIT1 | tcp_state::LAST_ACK => {
+            ev.flags |= FLAG_APP_CLOSED;
+            ev.owner_tgid = current_tgid();
+        }
         tcp_state::CLOSE => {
+            account_retransmits(ev, sk);
             if ev.flags & FLAG_COUNTED_OPEN != 0 {
                 bump(ev.owner_tgid, Counter::Closed);
             }
@@ -144,9 +191,7 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
 #[inline(always)]
 pub fn on_retransmit(sk: u64) {
     if let Some(ev) = SOCKS.get_ptr_mut(sk) {
-        let ev = unsafe { &mut *ev };
-        ev.retransmits += 1;
-        bump(ev.owner_tgid, Counter::Retransmits);
+        account_retransmits(unsafe { &mut *ev }, sk);
     }
 }
 
@@ -159,6 +204,7 @@ pub fn on_write_timer(sk: u64) {
     let ev = unsafe { &mut *ev };
     let now = unsafe { bpf_ktime_get_ns() };
     note_progress(ev, sk, Some(now));
+    account_retransmits(ev, sk);
     match kernel::read::<u8>(sk, kernel::off!(icsk_pending)) {
         timer::RETRANS => {
             ev.rto_timeouts += 1;
@@ -166,6 +212,7 @@ pub fn on_write_timer(sk: u64) {
         }
         timer::PROBE0 => {
             ev.zero_window_probes += 1;
+            ev.last_probe_ns = now;
             if ev.zero_window_since_ns == 0 {
                 ev.zero_window_since_ns = now;
             }

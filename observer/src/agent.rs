@@ -13,7 +13,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
 use log::{debug, warn};
-use observer_common::{PortKey, ProcCounters, SockEvents, drop_reason};
+use observer_common::{PortKey, ProcCounters, SockEvents, SockRecord, drop_reason};
 
 use crate::{
     classify::Thresholds,
@@ -36,8 +36,15 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     probes: &mut Probes,
     name: &'static str,
 ) -> Result<T, ProbeError> {
-    let map = probes.ebpf.as_mut().and_then(|e| e.take_map(name)).ok_or(ProbeError::MissingMap(name))?;
-    T::try_from(map).map_err(|e| ProbeError::Map { name, reason: e.to_string() })
+    let map = probes
+        .ebpf
+        .as_mut()
+        .and_then(|e| e.take_map(name))
+        .ok_or(ProbeError::MissingMap(name))?;
+    T::try_from(map).map_err(|e| ProbeError::Map {
+        name,
+        reason: e.to_string(),
+    })
 }
 
 impl KernelMaps {
@@ -96,11 +103,17 @@ pub enum SweepError {
 /// Kernel memory of the BPF maps this process holds, from its own fdinfo
 /// (`memlock:` of every fd that is a map).
 pub fn own_map_memory() -> u64 {
-    let Ok(fds) = std::fs::read_dir("/proc/self/fdinfo") else { return 0 };
+    let Ok(fds) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return 0;
+    };
     fds.flatten()
         .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
         .filter(|info| info.contains("map_type:"))
-        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse::<u64>().ok()))
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("memlock:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
         .sum()
 }
 
@@ -109,7 +122,10 @@ const FULL_SCAN_EVERY: u32 = 10;
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -118,7 +134,10 @@ pub fn monotonic_ns() -> u64 {
 /// Length of a kernel tick (jiffy) in ns: the resolution of the coarse
 /// clock is exactly one tick, which spares guessing CONFIG_HZ.
 pub fn jiffy_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer; an unsupported clock leaves ts zeroed -> 0 (unknown).
     unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -169,19 +188,30 @@ impl Agent {
                 }
             }
             self.metrics.sweeps.inc();
-            self.metrics.sweep_duration.set(started.elapsed().as_secs_f64());
+            self.metrics
+                .sweep_duration
+                .set(started.elapsed().as_secs_f64());
             // Sleep in small steps so shutdown is prompt.
             let deadline = started + interval;
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20).min(deadline.saturating_duration_since(Instant::now())));
+                std::thread::sleep(
+                    Duration::from_millis(20)
+                        .min(deadline.saturating_duration_since(Instant::now())),
+                );
             }
         }
     }
 
     /// Whether any target lives in another network namespace than ours.
     pub fn needs_setns(&self) -> bool {
-        let pids = self.shared.pids.lock().map(|p| p.clone()).unwrap_or_default();
-        pids.iter().any(|&p| target::procfs::netns_inode(p).ok() != self.own_netns)
+        let pids = self
+            .shared
+            .pids
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default();
+        pids.iter()
+            .any(|&p| target::procfs::netns_inode(p).ok() != self.own_netns)
     }
 
     /// Whether kernel events are observed (the probes are attached), so
@@ -200,7 +230,9 @@ impl Agent {
         let pids = target::resolve(&self.selector);
         // Register new PIDs before reading sockets, so sends from here on
         // are attributed while the sweep runs.
-        self.sync_tgids(&pids);
+        let mut watched: Vec<u32> = self.table.known_owners().iter().copied().collect();
+        watched.extend(&pids);
+        self.sync_tgids(&watched);
         // Reading every fd of the target costs a syscall per fd. Between
         // full scans the probes attribute new connections themselves (by
         // sender, by listening port), so the file table is re-read only
@@ -214,24 +246,26 @@ impl Agent {
         } else {
             self.since_full_scan += 1;
         }
-        let scan = self.scan.take().unwrap_or_default();
-        let targets: HashSet<u32> = scan.pids.iter().copied().collect();
+        let mut scan = self.scan.take().unwrap_or_default();
+        let mut targets: HashSet<u32> = scan.pids.iter().copied().collect();
 
         let t_scan = t0.elapsed();
-        let mut records = Vec::new();
-        for (ns, ns_pids) in &scan.netns {
-            let file = if Some(*ns) == self.own_netns {
-                None
-            } else {
-                let pid = ns_pids[0];
-                Some(target::open_netns(pid).map_err(|source| SweepError::Netns { pid, source })?)
-            };
-            records.extend(if self.probes.sock_diag() {
-                diag::read_sockets(file.as_ref())?
-            } else {
-                let ebpf = self.probes.ebpf.as_mut().ok_or(iter::IterError::NotLoaded)?;
-                iter::read_sockets(ebpf, file.as_ref())?
-            });
+        let mut records = self.read_records(&scan)?;
+        // The probes attribute a new connection to a target (by sender, by
+        // listening port) before its file shows up in a file table; before
+        // trusting them, read who holds it now.
+        let mut full_scan = rescan;
+        if !full_scan
+            && self
+                .table
+                .needs_owner_scan(&records, &scan.inode_owner, &targets)
+        {
+            scan = target::scan(&pids);
+            targets = scan.pids.iter().copied().collect();
+            self.since_full_scan = 0;
+            full_scan = true;
+            // Sockets accepted since the records were read belong to the next sweep.
+            records = self.read_records(&scan)?;
         }
 
         if std::mem::take(&mut self.purge_stale_on_first_sweep) {
@@ -239,19 +273,25 @@ impl Agent {
         }
         let t_iter = t0.elapsed();
         let now = monotonic_ns();
-        let actions = self.table.sweep(now, &records, &scan.inode_owner, &targets, &self.thresholds);
+        let actions = self.table.sweep(
+            now,
+            &records,
+            &scan.inode_owner,
+            &targets,
+            full_scan,
+            &self.thresholds,
+        );
         debug!(
-            "sweep: /proc scan {:?} ({} target sockets), socket read {:?} ({} records, {} matched), table {:?}",
+            "sweep: /proc scan {:?} ({} target sockets{}), socket read {:?} ({} records), table {:?}",
             t_scan,
             scan.inode_owner.len(),
+            if full_scan { ", full" } else { "" },
             t_iter - t_scan,
             records.len(),
-            records.iter().filter(|r| scan.inode_owner.contains_key(&r.inode)).count(),
             t0.elapsed() - t_iter
         );
         if let Some(maps) = self.maps.as_mut() {
-            for (sk, owner, snd_una) in actions.track {
-                let ev = SockEvents { owner_tgid: owner, snd_una, last_progress_ns: now, ..Default::default() };
+            for (sk, ev) in actions.track {
                 // BPF_NOEXIST: a probe that got there first knows better.
                 match maps.socks.insert(sk, ev, 1) {
                     Ok(()) => self.table.mark_kernel_tracked(sk),
@@ -259,9 +299,15 @@ impl Agent {
                 }
             }
         }
-        self.metrics.add_dropped(metrics::DROP_EVICTED, actions.evicted);
+        // Former targets that still own orphans keep their events counted.
+        let mut owners: Vec<u32> = self.table.known_owners().iter().copied().collect();
+        owners.extend(&targets);
+        self.sync_tgids(&owners);
+        self.metrics
+            .add_dropped(metrics::DROP_EVICTED, actions.evicted);
         self.sync_ports(actions.listen_ports);
-        self.collect_counters(&targets);
+        let owners: HashSet<u32> = owners.into_iter().collect();
+        self.collect_counters(&owners);
         self.collect_drops();
 
         self.metrics.publish(&self.table.summary());
@@ -283,22 +329,71 @@ impl Agent {
         }
         *self.shared.pids.lock().unwrap_or_else(|p| p.into_inner()) = scan.pids.clone();
         self.scan = Some(scan);
-        *self.shared.last_sweep.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        *self
+            .shared
+            .last_sweep
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         Ok(())
     }
 
-    fn purge_stale(&mut self, records: &[observer_common::SockRecord]) {
-        let Some(maps) = self.maps.as_mut() else { return };
+    /// Every TCP socket of the namespaces the targets live in. A namespace
+    /// that cannot be entered (its last process just exited) is skipped
+    /// with a warning, not the whole sweep.
+    fn read_records(&mut self, scan: &target::Scan) -> Result<Vec<SockRecord>, SweepError> {
+        let mut records = Vec::new();
+        for (ns, ns_pids) in &scan.netns {
+            let file = if Some(*ns) == self.own_netns {
+                None
+            } else {
+                let pid = ns_pids[0];
+                match target::open_netns(pid) {
+                    Ok(f) => Some(f),
+                    Err(source) => {
+                        self.metrics.sweep_errors.inc();
+                        warn!("{}", SweepError::Netns { pid, source });
+                        continue;
+                    }
+                }
+            };
+            records.extend(if self.probes.sock_diag() {
+                diag::read_sockets(file.as_ref())?
+            } else {
+                let ebpf = self
+                    .probes
+                    .ebpf
+                    .as_mut()
+                    .ok_or(iter::IterError::NotLoaded)?;
+                iter::read_sockets(ebpf, file.as_ref())?
+            });
+        }
+        Ok(records)
+    }
+
+    fn purge_stale(&mut self, records: &[SockRecord]) {
+        let Some(maps) = self.maps.as_mut() else {
+            return;
+        };
         let alive: HashSet<u64> = records.iter().map(|r| r.sk).collect();
-        let stale: Vec<u64> = maps.socks.keys().filter_map(Result::ok).filter(|sk| !alive.contains(sk)).collect();
+        let stale: Vec<u64> = maps
+            .socks
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|sk| !alive.contains(sk))
+            .collect();
         for sk in &stale {
             let _ = maps.socks.remove(sk);
         }
-        log::info!("dropped {} entries of sockets that closed while no observer ran", stale.len());
+        log::info!(
+            "dropped {} entries of sockets that closed while no observer ran",
+            stale.len()
+        );
     }
 
     fn sync_tgids(&mut self, pids: &[u32]) {
-        let Some(maps) = self.maps.as_mut() else { return };
+        let Some(maps) = self.maps.as_mut() else {
+            return;
+        };
         let want: HashSet<u32> = pids.iter().copied().collect();
         for gone in self.tgids.difference(&want).copied().collect::<Vec<_>>() {
             let _ = maps.tgids.remove(&gone);
@@ -312,8 +407,14 @@ impl Agent {
     }
 
     fn sync_ports(&mut self, want: HashMap<(u32, u16), u32>) {
-        let Some(maps) = self.maps.as_mut() else { return };
-        let key = |(netns, port): (u32, u16)| PortKey { netns, port, _pad: 0 };
+        let Some(maps) = self.maps.as_mut() else {
+            return;
+        };
+        let key = |(netns, port): (u32, u16)| PortKey {
+            netns,
+            port,
+            _pad: 0,
+        };
         for (k, _) in self.ports.iter().filter(|(k, _)| !want.contains_key(k)) {
             let _ = maps.ports.remove(&key(*k));
         }
@@ -328,8 +429,15 @@ impl Agent {
     /// Adds what the kernel counted since the last sweep; forgets processes
     /// that are no longer targets after taking their final counts.
     fn collect_counters(&mut self, targets: &HashSet<u32>) {
-        let Some(maps) = self.maps.as_mut() else { return };
-        let known: HashSet<u32> = self.last_counters.keys().copied().chain(targets.iter().copied()).collect();
+        let Some(maps) = self.maps.as_mut() else {
+            return;
+        };
+        let known: HashSet<u32> = self
+            .last_counters
+            .keys()
+            .copied()
+            .chain(targets.iter().copied())
+            .collect();
         for pid in known {
             let now = match maps.counters.get(&pid, 0) {
                 Ok(per_cpu) => per_cpu.iter().fold(ProcCounters::default(), |mut a, c| {
@@ -347,8 +455,10 @@ impl Agent {
             let d = |n: u64, b: u64| n.saturating_sub(b);
             let e = &self.metrics.events;
             e.retransmits.inc_by(d(now.retransmits, before.retransmits));
-            e.rto_timeouts.inc_by(d(now.rto_timeouts, before.rto_timeouts));
-            e.zero_window_probes.inc_by(d(now.zero_window_probes, before.zero_window_probes));
+            e.rto_timeouts
+                .inc_by(d(now.rto_timeouts, before.rto_timeouts));
+            e.zero_window_probes
+                .inc_by(d(now.zero_window_probes, before.zero_window_probes));
             e.loss_probes.inc_by(d(now.loss_probes, before.loss_probes));
             e.opened.inc_by(d(now.opened, before.opened));
             e.closed.inc_by(d(now.closed, before.closed));
@@ -362,12 +472,17 @@ impl Agent {
     }
 
     fn collect_drops(&mut self) {
-        let Some(maps) = self.maps.as_ref() else { return };
+        let Some(maps) = self.maps.as_ref() else {
+            return;
+        };
         for reason in 0..drop_reason::COUNT {
-            let Ok(per_cpu) = maps.drops.get(&reason, 0) else { continue };
+            let Ok(per_cpu) = maps.drops.get(&reason, 0) else {
+                continue;
+            };
             let total: u64 = per_cpu.iter().sum();
             let slot = &mut self.last_drops[reason as usize];
-            self.metrics.add_dropped(reason as usize, total.saturating_sub(*slot));
+            self.metrics
+                .add_dropped(reason as usize, total.saturating_sub(*slot));
             *slot = total;
         }
     }

@@ -53,12 +53,16 @@ pub struct Offsets {
     pub tp_retransmit_skaddr: u32,
     /// `tcp_sock.rcv_tstamp`: jiffies of the last ACK received.
     pub rcv_tstamp: u32,
-    /// `inet_connection_sock.icsk_ack.lrcvtime`: jiffies of the last segment received.
-    pub icsk_lrcvtime: u32,
+    /// `inet_connection_sock.icsk_rto`: the socket's retransmission timeout, jiffies.
+    pub icsk_rto: u32,
     /// `inet_connection_sock.icsk_probes_tstamp`: jiffies of the first
     /// zero-window probe of the current episode (Linux 5.12+; 0 = absent).
     pub icsk_probes_tstamp: u32,
-    pub _pad: u32,
+    /// `tcp_sock.total_retrans`: segments retransmitted over the socket's life.
+    pub total_retrans: u32,
+    /// `tcp_sock.tcp_mstamp`: µs (CLOCK_MONOTONIC) of the socket's latest
+    /// send or receive processing.
+    pub tcp_mstamp: u32,
     /// Address of `tcp_write_timer`, so the generic timer hook can pick out
     /// the TCP retransmit/probe timer among every timer in the system.
     pub tcp_write_timer: u64,
@@ -69,18 +73,25 @@ pub struct Offsets {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockEvents {
-    /// Process that owned the socket when it was first seen; events from
-    /// timer and softirq context are attributed to it, never to `current`.
+    /// Process that holds the socket: the first one seen with it, replaced
+    /// by the one that closes it (the last holder). Events from timer and
+    /// softirq context are attributed to it, never to `current`.
     pub owner_tgid: u32,
     pub flags: u32,
     /// `snd_una` when last looked at, to notice ACK progress.
     pub snd_una: u32,
-    pub _pad: u32,
-    /// CLOCK_MONOTONIC ns of the last `snd_una` movement (or of the moment
-    /// unacknowledged data appeared).
+    /// `tcp_sock.total_retrans` already counted, so every attach method
+    /// counts retransmitted segments exactly as the kernel's MIB does.
+    pub total_retrans: u32,
+    /// CLOCK_MONOTONIC ns of the last `snd_una` movement, or of the last look
+    /// with nothing outstanding; 0 when not known (first seen mid-stall).
     pub last_progress_ns: u64,
     pub close_wait_since_ns: u64,
     pub zero_window_since_ns: u64,
+    /// When the persist timer last fired (a zero-window probe went out).
+    pub last_probe_ns: u64,
+    /// When a state change was last seen (connect, close-wait, …).
+    pub state_since_ns: u64,
     pub retransmits: u32,
     pub rto_timeouts: u32,
     pub zero_window_probes: u32,
@@ -138,10 +149,18 @@ pub struct SockRecord {
     /// date what happened before the agent was watching.
     pub jiffies: u32,
     pub rcv_tstamp: u32,
-    pub lrcvtime: u32,
     /// First zero-window probe of the current episode, 0 when none.
     pub probes_tstamp: u32,
+    /// The socket's retransmission timeout, in the same ticks as `jiffies`.
+    pub rto: u32,
+    /// Segments retransmitted over the socket's life.
+    pub total_retrans: u32,
     pub _pad2: u32,
+    /// CLOCK_MONOTONIC µs when the record was taken, and of the socket's
+    /// latest send or receive processing (0 = unknown): with a probe
+    /// outstanding and no ACK since, nothing was received after it.
+    pub ktime_us: u64,
+    pub mstamp_us: u64,
     pub events: SockEvents,
 }
 
@@ -200,6 +219,6 @@ mod pod {
 
 // The agent parses iterator output as a stream of these; a layout with
 // implicit padding would differ between the two compilers' views.
-const _: () = assert!(core::mem::size_of::<SockRecord>() == 160);
-const _: () = assert!(core::mem::size_of::<SockEvents>() == 56);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 144);
+const _: () = assert!(core::mem::size_of::<SockRecord>() == 200);
+const _: () = assert!(core::mem::size_of::<SockEvents>() == 72);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 152);

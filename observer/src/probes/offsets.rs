@@ -59,7 +59,9 @@ pub fn resolve(btf: &Btf) -> Result<Offsets, OffsetError> {
         snd_una: f("tcp_sock", "snd_una")?,
         snd_wnd: f("tcp_sock", "snd_wnd")?,
         rcv_tstamp: f("tcp_sock", "rcv_tstamp")?,
-        icsk_lrcvtime: f("inet_connection_sock", "icsk_ack.lrcvtime")?,
+        icsk_rto: f("inet_connection_sock", "icsk_rto")?,
+        total_retrans: f("tcp_sock", "total_retrans")?,
+        tcp_mstamp: f("tcp_sock", "tcp_mstamp")?,
         // Optional: older kernels lack it, and the stall is then dated from first sight.
         icsk_probes_tstamp: f("inet_connection_sock", "icsk_probes_tstamp").unwrap_or(0),
         timer_function: f("timer_list", "function")?,

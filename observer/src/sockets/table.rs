@@ -1,9 +1,12 @@
 //! The agent's view of the target's sockets, rebuilt at every sweep from the
 //! iterator's records (the kernel's truth) and the probes' event state.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    time::Duration,
+};
 
-use observer_common::{SockRecord, tcp_state};
+use observer_common::{FLAG_APP_CLOSED, SockEvents, SockRecord, tcp_state, timer};
 
 use crate::classify::{self, Class, Observed, StallReason, Thresholds, ZombieReason};
 
@@ -13,10 +16,14 @@ pub struct Tracked {
     pub owner: u32,
     pub record: SockRecord,
     pub class: Class,
-    /// CLOCK_MONOTONIC ns.
+    /// CLOCK_MONOTONIC ns. Each is a lower bound of how long the condition
+    /// has lasted: dated from events, or from the kernel's own stamps.
     pub progress_at: u64,
     pub close_wait_at: Option<u64>,
     pub zero_window_at: Option<u64>,
+    pub connect_at: Option<u64>,
+    /// First sweep that saw the current run of unanswered probes.
+    pub probe_seen_at: Option<u64>,
     /// The kernel map holds (or was asked to hold) this socket.
     pub kernel_tracked: bool,
     /// The sweep that last saw the socket.
@@ -36,13 +43,35 @@ impl Tracked {
     pub fn orphan(&self) -> bool {
         self.record.inode == 0
     }
+
+    /// What the kernel map should start from for a socket the probes have
+    /// not seen: the agent's own estimates, so that tracking it restarts
+    /// no clock.
+    fn as_events(&self, now: u64) -> SockEvents {
+        let r = &self.record;
+        SockEvents {
+            owner_tgid: self.owner,
+            flags: if self.orphan() { FLAG_APP_CLOSED } else { 0 },
+            snd_una: r.snd_una,
+            total_retrans: r.total_retrans,
+            last_progress_ns: if self.unacked() == 0 {
+                now
+            } else {
+                self.progress_at
+            },
+            close_wait_since_ns: self.close_wait_at.unwrap_or(0),
+            zero_window_since_ns: self.zero_window_at.unwrap_or(0),
+            state_since_ns: self.connect_at.or(self.close_wait_at).unwrap_or(0),
+            ..SockEvents::default()
+        }
+    }
 }
 
 /// What the sweep wants the kernel side to learn.
 #[derive(Debug, Default)]
 pub struct SweepActions {
-    /// Target sockets the probes do not know yet: (sk, owner, snd_una).
-    pub track: Vec<(u64, u32, u32)>,
+    /// Target sockets the probes do not know yet, with what to start from.
+    pub track: Vec<(u64, SockEvents)>,
     /// (netns, port) -> owner of every listening socket of the targets.
     pub listen_ports: HashMap<(u32, u16), u32>,
     /// Sockets the kernel map lost (LRU eviction) though they still exist.
@@ -56,6 +85,12 @@ pub struct SocketTable {
     /// first saw it; 0 when unknown (then such clocks start at first sight).
     tick_ns: u64,
     generation: u64,
+    /// Every process that was a target and still owns a socket here: an
+    /// orphan stays its closer's after that process exits.
+    known_owners: HashSet<u32>,
+    /// Sockets with a file that no target held at the last full read of
+    /// the file tables (passed away, or accepted by another process).
+    disowned: HashSet<u64>,
 }
 
 /// Aggregates over the table for one set of owners.
@@ -97,7 +132,10 @@ impl Summary {
 
 impl SocketTable {
     pub fn with_tick(tick_ns: u64) -> Self {
-        SocketTable { socks: HashMap::new(), tick_ns, generation: 0 }
+        SocketTable {
+            tick_ns,
+            ..SocketTable::default()
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -108,15 +146,41 @@ impl SocketTable {
         self.socks.values()
     }
 
+    /// Whether a socket the probes attribute to a target has a file that
+    /// the last read of the file tables did not see: then who holds it must
+    /// be read again before trusting the probes (it may have been accepted
+    /// by another process on the same port).
+    pub fn needs_owner_scan(
+        &self,
+        records: &[SockRecord],
+        inode_owner: &HashMap<u64, u32>,
+        targets: &HashSet<u32>,
+    ) -> bool {
+        records.iter().any(|r| {
+            r.inode != 0
+                && r.has_events != 0
+                && targets.contains(&r.events.owner_tgid)
+                && !inode_owner.contains_key(&r.inode)
+                && !self.disowned.contains(&r.sk)
+        })
+    }
+
+    /// Processes whose sockets the probes should attribute: the targets,
+    /// and former targets that still own orphans.
+    pub fn known_owners(&self) -> &HashSet<u32> {
+        &self.known_owners
+    }
+
     /// Replaces the table with the target sockets among `records`.
-    /// `inode_owner` maps the socket inodes of every target to its PID;
-    /// `targets` are the PIDs being watched.
+    /// `inode_owner` maps the socket inodes of every target to its PID, read
+    /// afresh when `full_scan`; `targets` are the PIDs being watched.
     pub fn sweep(
         &mut self,
         now: u64,
         records: &[SockRecord],
         inode_owner: &HashMap<u64, u32>,
         targets: &HashSet<u32>,
+        full_scan: bool,
         thresholds: &Thresholds,
     ) -> SweepActions {
         let mut actions = SweepActions::default();
@@ -124,17 +188,39 @@ impl SocketTable {
         // second map per sweep would double the agent's memory.
         self.generation += 1;
         let generation = self.generation;
+        self.known_owners.extend(targets.iter().copied());
+        if full_scan {
+            self.disowned.clear();
+        }
         for rec in records {
             let prev = self.socks.get(&rec.sk);
-            // The file table says who holds a socket; between full scans of
-            // it, what the probes recorded for the socket says it; for an
-            // orphan nothing holds, only our own memory of it does.
-            let from_events = (rec.has_events != 0 && targets.contains(&rec.events.owner_tgid))
-                .then_some(rec.events.owner_tgid);
+            let known = |pid: &u32| self.known_owners.contains(pid);
+            let from_events = (rec.has_events != 0)
+                .then_some(rec.events.owner_tgid)
+                .filter(known);
             let owner = if rec.inode != 0 {
-                inode_owner.get(&rec.inode).copied().or(from_events)
+                // A file holds it: the file tables say whose it is. Between
+                // their full reads, a socket they have not seen yet (a new
+                // connection) is the probes' to attribute.
+                match inode_owner.get(&rec.inode) {
+                    Some(&pid) => Some(pid),
+                    None if full_scan => {
+                        if from_events.is_some() || prev.is_some() {
+                            self.disowned.insert(rec.sk);
+                        }
+                        None
+                    }
+                    None if self.disowned.contains(&rec.sk) => None,
+                    None => from_events,
+                }
+            } else if rec.has_events != 0 && rec.events.flags & FLAG_APP_CLOSED != 0 {
+                // Closed: its owner is the process that closed it, if that
+                // was (or is) a target; one that was handed the socket and
+                // closed it is not ours.
+                from_events
             } else {
-                from_events.or_else(|| prev.map(|p| p.owner).filter(|o| targets.contains(o)))
+                // Not accepted yet, or orphaned before the probes saw it.
+                from_events.or_else(|| prev.map(|p| p.owner).filter(known))
             };
             let Some(owner) = owner else { continue };
             let t = update(prev, owner, rec, now, self.tick_ns, thresholds);
@@ -146,12 +232,21 @@ impl SocketTable {
                     actions.evicted += 1;
                 }
                 if !t.is_listener() {
-                    actions.track.push((rec.sk, owner, rec.snd_una));
+                    actions.track.push((rec.sk, t.as_events(now)));
                 }
             }
-            self.socks.insert(rec.sk, Tracked { seen: generation, ..t });
+            self.socks.insert(
+                rec.sk,
+                Tracked {
+                    seen: generation,
+                    ..t
+                },
+            );
         }
         self.socks.retain(|_, t| t.seen == generation);
+        let owning: HashSet<u32> = self.socks.values().map(|t| t.owner).collect();
+        self.known_owners
+            .retain(|p| targets.contains(p) || owning.contains(p));
         actions
     }
 
@@ -180,14 +275,8 @@ impl SocketTable {
     }
 }
 
-fn earliest(a: Option<u64>, b: u64) -> u64 {
-    match a {
-        Some(a) if a != 0 => a.min(b),
-        _ => b,
-    }
-}
-
-/// When, on our clock, the kernel's jiffies `stamp` of this record was.
+/// When, on our clock, the kernel's jiffies `stamp` of this record was;
+/// `now` when there is no stamp (the age is then understated, never made up).
 fn dated(rec: &SockRecord, stamp: u32, now: u64, tick_ns: u64) -> u64 {
     if tick_ns == 0 || stamp == 0 {
         return now;
@@ -196,22 +285,47 @@ fn dated(rec: &SockRecord, stamp: u32, now: u64, tick_ns: u64) -> u64 {
     now.saturating_sub(age)
 }
 
+/// Least time a persist timer backed off `backoff` times has been probing:
+/// each interval is at least the 200 ms RTO floor doubled per backoff, and
+/// at most the 120 s RTO ceiling.
+fn persist_lower_bound(backoff: u8) -> u64 {
+    const RTO_MIN_NS: u64 = 200_000_000;
+    const RTO_MAX_NS: u64 = 120_000_000_000;
+    (0..u32::from(backoff).min(64))
+        .map(|i| {
+            RTO_MIN_NS
+                .checked_shl(i)
+                .unwrap_or(u64::MAX)
+                .min(RTO_MAX_NS)
+        })
+        .sum()
+}
+
 /// One socket's next state from its previous one and a fresh record.
-fn update(prev: Option<&Tracked>, owner: u32, rec: &SockRecord, now: u64, tick_ns: u64, th: &Thresholds) -> Tracked {
+fn update(
+    prev: Option<&Tracked>,
+    owner: u32,
+    rec: &SockRecord,
+    now: u64,
+    tick_ns: u64,
+    th: &Thresholds,
+) -> Tracked {
     let ev = (rec.has_events != 0).then_some(&rec.events);
     let unacked = rec.snd_nxt.wrapping_sub(rec.snd_una);
     let unsent = rec.write_seq.wrapping_sub(rec.snd_nxt);
+    // No ACK can be more recent than the socket's stamp of the last one.
+    let last_ack = dated(rec, rec.rcv_tstamp, now, tick_ns);
+    let rto = u64::from(rec.rto) * tick_ns;
+    let una_moved = prev.is_some_and(|p| p.record.snd_una != rec.snd_una);
 
     let mut progress_at = match prev {
-        Some(p) if p.record.snd_una == rec.snd_una && unacked != 0 => p.progress_at,
+        Some(p) if !una_moved && unacked != 0 => p.progress_at,
         // Moved since the last sweep: the last ACK, not this sweep, is when.
-        Some(_) => dated(rec, rec.rcv_tstamp, now, tick_ns),
-        // First sight: trust the probes if they saw it, else the socket's own
-        // stamp of the last ACK it received. No progress can be more recent
-        // than that ACK, so the stall is never overstated.
+        Some(_) => last_ack,
+        // First sight: trust the probes if they saw it, else the last ACK.
         None => match ev {
             Some(e) if e.last_progress_ns != 0 => e.last_progress_ns,
-            _ => dated(rec, rec.rcv_tstamp, now, tick_ns),
+            _ => last_ack,
         },
     };
     if let Some(e) = ev {
@@ -222,21 +336,86 @@ fn update(prev: Option<&Tracked>, owner: u32, rec: &SockRecord, now: u64, tick_n
     }
 
     let close_wait_at = (rec.state == tcp_state::CLOSE_WAIT).then(|| {
-        // The FIN that caused CLOSE_WAIT was the last segment received, or
-        // came before it: dating from that stamp can only understate.
-        let seen = prev.and_then(|p| p.close_wait_at).unwrap_or_else(|| dated(rec, rec.lrcvtime, now, tick_ns));
-        match ev {
-            Some(e) if e.close_wait_since_ns != 0 => e.close_wait_since_ns.min(seen),
-            _ => seen,
-        }
-    });
-    let zero_window_at = (rec.snd_wnd == 0 && unsent > 0).then(|| {
-        // The kernel stamps the first probe of a zero-window episode.
-        let seen = prev.and_then(|p| p.zero_window_at).unwrap_or_else(|| dated(rec, rec.probes_tstamp, now, tick_ns));
-        earliest(ev.map(|e| e.zero_window_since_ns), seen)
+        let event = ev.map(|e| e.close_wait_since_ns).filter(|&t| t != 0);
+        // The FIN's own ACK field stamped `rcv_tstamp`; any later ACK only
+        // makes the estimate younger.
+        let seen = prev.and_then(|p| p.close_wait_at).unwrap_or(last_ack);
+        event.map_or(seen, |e| e.min(seen))
     });
 
-    let since = |at: u64| std::time::Duration::from_nanos(now.saturating_sub(at));
+    let zero_window_at = (rec.snd_wnd == 0 && unsent > 0).then(|| {
+        // Data moved since the last sweep: the window was open then, so the
+        // episode began no earlier than the ACK that moved it.
+        let floor = if una_moved { last_ack } else { 0 };
+        let first_sight = if rec.probes_tstamp != 0 {
+            // The kernel stamps the first probe of a zero-window episode.
+            dated(rec, rec.probes_tstamp, now, tick_ns)
+        } else if rec.pending == timer::PROBE0 {
+            now.saturating_sub(persist_lower_bound(rec.backoff))
+        } else {
+            now
+        };
+        let known = if una_moved {
+            None
+        } else {
+            prev.and_then(|p| p.zero_window_at)
+        };
+        let event = ev
+            .map(|e| e.zero_window_since_ns)
+            .filter(|&t| t != 0 && t >= floor);
+        [known, event]
+            .into_iter()
+            .flatten()
+            .fold(first_sight, u64::min)
+            .max(floor)
+    });
+
+    let connect_at = (rec.state == tcp_state::SYN_SENT).then(|| {
+        match (
+            ev.map(|e| e.state_since_ns).filter(|&t| t != 0),
+            prev.and_then(|p| p.connect_at),
+        ) {
+            (Some(e), _) => e,
+            (None, Some(p)) => p,
+            // A SYN retransmitted n times has waited at least half its
+            // current RTO (the earlier timeouts add up to that much).
+            (None, None) if rec.retransmits > 0 => now.saturating_sub(rto / 2),
+            (None, None) => now,
+        }
+    });
+
+    // A run of unanswered zero-window probes; any ACK ends it.
+    let probe_seen_at = (rec.probes_out >= 1).then(|| {
+        prev.filter(|p| p.record.probes_out >= 1 && p.record.rcv_tstamp == rec.rcv_tstamp)
+            .and_then(|p| p.probe_seen_at)
+            .unwrap_or(now)
+    });
+    let probe_unanswered_for = probe_seen_at.map(|seen| {
+        // Lower bounds of the oldest unanswered probe's age; the largest wins.
+        let by_event = ev.map_or(0, |e| {
+            if e.last_probe_ns != 0 {
+                now.saturating_sub(e.last_probe_ns)
+            } else {
+                0
+            }
+        });
+        // The socket's last send or receive was that probe or later.
+        let by_stamp = if rec.mstamp_us != 0 {
+            rec.ktime_us.saturating_sub(rec.mstamp_us) * 1000
+        } else {
+            0
+        };
+        // A second probe goes out only after the first waited a full RTO.
+        let by_count = if rec.probes_out >= 2 { rto } else { 0 };
+        Duration::from_nanos(
+            by_event
+                .max(by_stamp)
+                .max(by_count)
+                .max(now.saturating_sub(seen)),
+        )
+    });
+
+    let since = |at: u64| Duration::from_nanos(now.saturating_sub(at));
     let observed = Observed {
         state: rec.state,
         orphan: rec.inode == 0,
@@ -247,9 +426,13 @@ fn update(prev: Option<&Tracked>, owner: u32, rec: &SockRecord, now: u64, tick_n
         pending: rec.pending,
         probes_out: rec.probes_out,
         snd_wnd: rec.snd_wnd,
+        rto: Duration::from_nanos(rto),
         no_progress_for: since(progress_at),
+        silent_for: since(last_ack),
+        probe_unanswered_for,
         close_wait_for: close_wait_at.map(since),
         zero_window_for: zero_window_at.map(since),
+        connect_for: connect_at.map(since),
     };
     Tracked {
         owner,
@@ -258,6 +441,8 @@ fn update(prev: Option<&Tracked>, owner: u32, rec: &SockRecord, now: u64, tick_n
         progress_at,
         close_wait_at,
         zero_window_at,
+        connect_at,
+        probe_seen_at,
         kernel_tracked: rec.has_events != 0 || prev.is_some_and(|p| p.kernel_tracked),
         seen: 0,
     }
@@ -266,103 +451,476 @@ fn update(prev: Option<&Tracked>, owner: u32, rec: &SockRecord, now: u64, tick_n
 #[cfg(test)]
 mod tests {
     use super::*;
+    use observer_common::FLAG_APP_CLOSED;
 
     const SEC: u64 = 1_000_000_000;
+    /// A 4 ms jiffy, as with CONFIG_HZ=250.
+    const TICK: u64 = 4_000_000;
 
     fn rec(sk: u64, inode: u64, state: u8) -> SockRecord {
-        SockRecord { sk, inode, state, snd_wnd: 65535, ..Default::default() }
+        SockRecord {
+            sk,
+            inode,
+            state,
+            snd_wnd: 65535,
+            rto: 51,
+            ..Default::default()
+        }
     }
 
     fn owners(pairs: &[(u64, u32)]) -> HashMap<u64, u32> {
         pairs.iter().copied().collect()
     }
 
+    fn th() -> Thresholds {
+        let s = Duration::from_secs;
+        Thresholds {
+            dead_after: s(5),
+            close_wait_after: s(5),
+            stall_after: s(5),
+        }
+    }
+
+    fn class_of(table: &SocketTable, sk: u64) -> Option<Class> {
+        table.sockets().find(|t| t.record.sk == sk).map(|t| t.class)
+    }
+
     #[test]
-    fn keeps_only_target_sockets_and_attributes_orphans_through_history() {
-        let mut table = SocketTable::default();
+    fn keeps_only_target_sockets_and_attributes_orphans_to_their_closer() {
+        let mut table = SocketTable::with_tick(TICK);
         let targets = HashSet::from([100]);
-        let th = Thresholds::default();
         let mine = rec(1, 11, tcp_state::ESTABLISHED);
         let other = rec(2, 22, tcp_state::ESTABLISHED);
-        let actions = table.sweep(SEC, &[mine, other], &owners(&[(11, 100)]), &targets, &th);
+        let actions = table.sweep(
+            SEC,
+            &[mine, other],
+            &owners(&[(11, 100)]),
+            &targets,
+            true,
+            &th(),
+        );
         assert_eq!(table.len(), 1);
-        assert_eq!(actions.track, vec![(1, 100, 0)]);
-        // The app closes it: no inode any more, data still queued.
-        let orphan = SockRecord { inode: 0, state: tcp_state::FIN_WAIT1, snd_nxt: 500, write_seq: 501, ..mine };
-        table.sweep(2 * SEC, &[orphan], &owners(&[]), &targets, &th);
-        let t = table.sockets().next().expect("orphan still attributed");
-        assert_eq!(t.class, Class::Zombie(ZombieReason::Orphaned));
-        // Destroyed: gone from the iterator, gone from the table.
-        table.sweep(3 * SEC, &[], &owners(&[]), &targets, &th);
+        assert_eq!(actions.track.len(), 1);
+        assert_eq!(
+            (actions.track[0].0, actions.track[0].1.owner_tgid),
+            (1, 100)
+        );
+        // The target closes it: no inode any more, a FIN and data queued.
+        let closed = SockEvents {
+            owner_tgid: 100,
+            flags: FLAG_APP_CLOSED,
+            ..Default::default()
+        };
+        let orphan = SockRecord {
+            inode: 0,
+            state: tcp_state::FIN_WAIT1,
+            snd_nxt: 500,
+            write_seq: 501,
+            has_events: 1,
+            events: closed,
+            ..mine
+        };
+        table.sweep(2 * SEC, &[orphan], &owners(&[]), &targets, false, &th());
+        assert_eq!(table.len(), 1, "still the target's");
+        // Its closer exits (a crashed worker): the orphan stays its.
+        table.sweep(
+            3 * SEC,
+            &[orphan],
+            &owners(&[]),
+            &HashSet::new(),
+            true,
+            &th(),
+        );
+        assert_eq!(table.sockets().next().map(|t| t.owner), Some(100));
+        // Destroyed: gone from the iterator, gone from the table, and the
+        // exited owner is forgotten.
+        table.sweep(4 * SEC, &[], &owners(&[]), &HashSet::new(), true, &th());
+        assert_eq!(table.len(), 0);
+        assert!(table.known_owners().is_empty());
+    }
+
+    #[test]
+    fn a_socket_closed_by_another_process_is_not_the_targets() {
+        let mut table = SocketTable::with_tick(TICK);
+        let targets = HashSet::from([100]);
+        let s = rec(1, 11, tcp_state::ESTABLISHED);
+        table.sweep(SEC, &[s], &owners(&[(11, 100)]), &targets, true, &th());
+        // Passed with SCM_RIGHTS: the next full read finds no target holding it.
+        table.sweep(2 * SEC, &[s], &owners(&[]), &targets, true, &th());
+        assert_eq!(table.len(), 0);
+        // ... and the probes' memory of its first owner does not bring it back.
+        let ev = SockEvents {
+            owner_tgid: 100,
+            ..Default::default()
+        };
+        let s2 = SockRecord {
+            has_events: 1,
+            events: ev,
+            ..s
+        };
+        assert!(!table.needs_owner_scan(&[s2], &owners(&[]), &targets));
+        table.sweep(3 * SEC, &[s2], &owners(&[]), &targets, false, &th());
+        assert_eq!(table.len(), 0);
+        // The receiver closes it: the closer is not a target.
+        let ev = SockEvents {
+            owner_tgid: 555,
+            flags: FLAG_APP_CLOSED,
+            ..Default::default()
+        };
+        let gone = SockRecord {
+            inode: 0,
+            state: tcp_state::FIN_WAIT1,
+            has_events: 1,
+            events: ev,
+            ..s
+        };
+        table.sweep(4 * SEC, &[gone], &owners(&[]), &targets, false, &th());
         assert_eq!(table.len(), 0);
     }
 
     #[test]
-    fn dead_peer_after_no_progress() {
-        let mut table = SocketTable::default();
+    fn a_new_socket_the_file_tables_have_not_seen_asks_for_a_scan() {
+        let table = SocketTable::with_tick(TICK);
+        let targets = HashSet::from([100]);
+        let ev = SockEvents {
+            owner_tgid: 100,
+            ..Default::default()
+        };
+        let new = SockRecord {
+            has_events: 1,
+            events: ev,
+            ..rec(1, 11, tcp_state::ESTABLISHED)
+        };
+        assert!(table.needs_owner_scan(&[new], &owners(&[]), &targets));
+        assert!(!table.needs_owner_scan(&[new], &owners(&[(11, 100)]), &targets));
+    }
+
+    #[test]
+    fn dead_peer_after_no_progress_and_silence() {
+        let mut table = SocketTable::with_tick(TICK);
         let targets = HashSet::from([7]);
-        let th = Thresholds { dead_after: std::time::Duration::from_secs(5), ..Default::default() };
         let inodes = owners(&[(9, 7)]);
-        let mut r = SockRecord { snd_una: 1000, snd_nxt: 9000, write_seq: 20000, retransmits: 3, backoff: 3, ..rec(5, 9, tcp_state::ESTABLISHED) };
-        table.sweep(SEC, &[r], &inodes, &targets, &th);
-        table.sweep(4 * SEC, &[r], &inodes, &targets, &th);
+        // The last ACK came at jiffy 1000; sweeps at 1 s, 4 s and 7 s.
+        let at = |s: u64| SockRecord {
+            snd_una: 1000,
+            snd_nxt: 9000,
+            write_seq: 20000,
+            retransmits: 3,
+            backoff: 3,
+            jiffies: 1000 + (s * SEC / TICK) as u32,
+            rcv_tstamp: 1000,
+            ..rec(5, 9, tcp_state::ESTABLISHED)
+        };
+        table.sweep(SEC, &[at(0)], &inodes, &targets, true, &th());
+        table.sweep(4 * SEC, &[at(3)], &inodes, &targets, false, &th());
         assert_eq!(table.summary().zombies.get(&ZombieReason::DeadPeer), None);
-        table.sweep(7 * SEC, &[r], &inodes, &targets, &th);
+        table.sweep(7 * SEC, &[at(6)], &inodes, &targets, false, &th());
         let s = table.summary();
         assert_eq!(s.zombies.get(&ZombieReason::DeadPeer), Some(&1));
         assert_eq!(s.zombie_bytes.get(&ZombieReason::DeadPeer), Some(&19000));
         assert_eq!((s.unsent, s.unacked), (11000, 8000));
         // An ACK arrives: progress resets the clock.
-        r.snd_una = 2000;
-        table.sweep(8 * SEC, &[r], &inodes, &targets, &th);
+        let acked = SockRecord {
+            snd_una: 2000,
+            rcv_tstamp: at(7).jiffies,
+            ..at(7)
+        };
+        table.sweep(8 * SEC, &[acked], &inodes, &targets, false, &th());
         assert_eq!(table.summary().zombies.get(&ZombieReason::DeadPeer), None);
     }
 
     #[test]
     fn sockets_found_late_are_dated_by_the_kernels_own_stamps() {
-        // A 4 ms jiffy; the socket last heard an ACK 2000 jiffies (8 s) ago.
-        let mut table = SocketTable::with_tick(4_000_000);
+        // The socket last heard an ACK 2000 jiffies (8 s) ago.
+        let mut table = SocketTable::with_tick(TICK);
         let targets = HashSet::from([7]);
-        let th = Thresholds { dead_after: std::time::Duration::from_secs(5), close_wait_after: std::time::Duration::from_secs(5), stall_after: std::time::Duration::from_secs(5) };
-        let dead = SockRecord { snd_una: 10, snd_nxt: 500, write_seq: 500, backoff: 4, retransmits: 4, jiffies: 3000, rcv_tstamp: 1000, ..rec(1, 9, tcp_state::ESTABLISHED) };
-        let cw = SockRecord { jiffies: 3000, lrcvtime: 1000, ..rec(2, 8, tcp_state::CLOSE_WAIT) };
-        let zw = SockRecord { snd_wnd: 0, write_seq: 900, snd_nxt: 100, snd_una: 100, pending: 3, jiffies: 3000, probes_tstamp: 1000, ..rec(3, 6, tcp_state::ESTABLISHED) };
+        let dead = SockRecord {
+            snd_una: 10,
+            snd_nxt: 500,
+            write_seq: 500,
+            backoff: 4,
+            retransmits: 4,
+            jiffies: 3000,
+            rcv_tstamp: 1000,
+            ..rec(1, 9, tcp_state::ESTABLISHED)
+        };
+        let cw = SockRecord {
+            jiffies: 3000,
+            rcv_tstamp: 1000,
+            ..rec(2, 8, tcp_state::CLOSE_WAIT)
+        };
+        let zw = SockRecord {
+            snd_wnd: 0,
+            write_seq: 900,
+            snd_nxt: 100,
+            snd_una: 100,
+            pending: 3,
+            jiffies: 3000,
+            probes_tstamp: 1000,
+            ..rec(3, 6, tcp_state::ESTABLISHED)
+        };
         let owners_ = owners(&[(9, 7), (8, 7), (6, 7)]);
-        table.sweep(100 * SEC, &[dead, cw, zw], &owners_, &targets, &th);
+        let actions = table.sweep(100 * SEC, &[dead, cw, zw], &owners_, &targets, true, &th());
         let s = table.summary();
         assert_eq!(s.stalled.get(&StallReason::ZeroWindow), Some(&1));
-        assert_eq!(s.zombies.get(&ZombieReason::DeadPeer), Some(&1), "a restarted observer sees the old stall at once");
+        assert_eq!(
+            s.zombies.get(&ZombieReason::DeadPeer),
+            Some(&1),
+            "a restarted observer sees the old stall at once"
+        );
         assert_eq!(s.zombies.get(&ZombieReason::CloseWait), Some(&1));
+        // What the agent hands the probes carries those dates, not "now".
+        let dead_ev = actions
+            .track
+            .iter()
+            .find(|(sk, _)| *sk == 1)
+            .map(|(_, e)| *e)
+            .expect("tracked");
+        assert_eq!(dead_ev.last_progress_ns, 92 * SEC);
+        // Tracked by the probes from that, the next sweep still says so.
+        let again: Vec<SockRecord> = [dead, cw, zw]
+            .iter()
+            .map(|r| {
+                let ev = actions
+                    .track
+                    .iter()
+                    .find(|(sk, _)| *sk == r.sk)
+                    .map(|(_, e)| *e)
+                    .expect("tracked");
+                SockRecord {
+                    has_events: 1,
+                    events: ev,
+                    jiffies: r.jiffies + 250,
+                    ..*r
+                }
+            })
+            .collect();
+        table.sweep(101 * SEC, &again, &owners_, &targets, false, &th());
+        assert_eq!(table.summary(), s);
         // Without a tick length nothing is dated: clocks start now.
         let mut table = SocketTable::default();
-        table.sweep(100 * SEC, &[dead, cw, zw], &owners_, &targets, &th);
+        table.sweep(100 * SEC, &[dead, cw, zw], &owners_, &targets, true, &th());
         assert!(table.summary().zombies.is_empty());
         assert!(table.summary().stalled.is_empty());
     }
 
     #[test]
-    fn eviction_from_the_kernel_map_is_noticed() {
-        let mut table = SocketTable::default();
+    fn an_unanswered_probe_is_dead_only_once_older_than_the_rto() {
+        let mut table = SocketTable::with_tick(TICK);
         let targets = HashSet::from([7]);
-        let th = Thresholds::default();
+        let inodes = owners(&[(6, 7)]);
+        // Zero window for 60 s, probes far apart; the last ACK answered
+        // the previous probe 20 s ago; one probe went out 100 ms ago.
+        let zw = SockRecord {
+            snd_wnd: 0,
+            write_seq: 900,
+            snd_nxt: 100,
+            snd_una: 100,
+            pending: 3,
+            probes_out: 1,
+            backoff: 9,
+            jiffies: 20_000,
+            rcv_tstamp: 15_000,
+            probes_tstamp: 5_000,
+            ktime_us: 50_000_000,
+            mstamp_us: 49_900_000,
+            ..rec(3, 6, tcp_state::ESTABLISHED)
+        };
+        table.sweep(100 * SEC, &[zw], &inodes, &targets, true, &th());
+        assert_eq!(
+            class_of(&table, 3),
+            Some(Class::Stalled(StallReason::ZeroWindow)),
+            "younger than the RTO"
+        );
+        // 300 ms later, still unanswered: more than its 204 ms RTO.
+        let later = SockRecord {
+            jiffies: 20_075,
+            ktime_us: 50_300_000,
+            ..zw
+        };
+        table.sweep(
+            100 * SEC + 300_000_000,
+            &[later],
+            &inodes,
+            &targets,
+            false,
+            &th(),
+        );
+        assert_eq!(
+            class_of(&table, 3),
+            Some(Class::Zombie(ZombieReason::DeadPeer))
+        );
+        // A restarted observer seeing it first then agrees at once.
+        let mut fresh = SocketTable::with_tick(TICK);
+        fresh.sweep(100 * SEC, &[later], &inodes, &targets, true, &th());
+        assert_eq!(
+            class_of(&fresh, 3),
+            Some(Class::Zombie(ZombieReason::DeadPeer))
+        );
+        // The reader answers: no probe out, an ACK just now.
+        let answered = SockRecord {
+            probes_out: 0,
+            rcv_tstamp: 20_100,
+            jiffies: 20_100,
+            ..later
+        };
+        table.sweep(101 * SEC, &[answered], &inodes, &targets, false, &th());
+        assert_eq!(
+            class_of(&table, 3),
+            Some(Class::Stalled(StallReason::ZeroWindow))
+        );
+    }
+
+    #[test]
+    fn a_draining_orphan_and_a_fin_awaiting_its_ack_are_not_zombies() {
+        let mut table = SocketTable::with_tick(TICK);
+        let targets = HashSet::from([7]);
+        let closed = SockEvents {
+            owner_tgid: 7,
+            flags: FLAG_APP_CLOSED,
+            ..Default::default()
+        };
+        let base = SockRecord {
+            inode: 0,
+            state: tcp_state::FIN_WAIT1,
+            has_events: 1,
+            events: closed,
+            snd_una: 0,
+            snd_nxt: 64_000,
+            write_seq: 500_000,
+            ..rec(4, 0, tcp_state::FIN_WAIT1)
+        };
+        for i in 0..20u32 {
+            // ACKs keep coming and snd_una moves 16 KiB a second.
+            let j = 1000 + i * 250;
+            let r = SockRecord {
+                snd_una: i * 16_384,
+                snd_nxt: i * 16_384 + 64_000,
+                jiffies: j,
+                rcv_tstamp: j - 10,
+                retransmits: 0,
+                ..base
+            };
+            table.sweep(
+                u64::from(i + 1) * SEC,
+                &[r],
+                &owners(&[]),
+                &targets,
+                false,
+                &th(),
+            );
+            assert_eq!(class_of(&table, 4), Some(Class::Healthy), "second {i}");
+        }
+    }
+
+    #[test]
+    fn close_wait_is_dated_from_the_fin_not_from_the_last_data() {
+        let mut table = SocketTable::with_tick(TICK);
+        let targets = HashSet::from([7]);
+        // Idle for a minute, then the client's FIN 1 s ago: rcv_tstamp is
+        // the FIN's ACK field, 250 jiffies back.
+        let cw = SockRecord {
+            jiffies: 30_000,
+            rcv_tstamp: 29_750,
+            ..rec(2, 8, tcp_state::CLOSE_WAIT)
+        };
+        table.sweep(100 * SEC, &[cw], &owners(&[(8, 7)]), &targets, true, &th());
+        assert_eq!(class_of(&table, 2), Some(Class::Healthy));
+        let later = SockRecord {
+            jiffies: 30_000 + 1500,
+            ..cw
+        };
+        table.sweep(
+            106 * SEC,
+            &[later],
+            &owners(&[(8, 7)]),
+            &targets,
+            false,
+            &th(),
+        );
+        assert_eq!(
+            class_of(&table, 2),
+            Some(Class::Zombie(ZombieReason::CloseWait))
+        );
+    }
+
+    #[test]
+    fn a_connect_that_nobody_answers_is_a_stall_never_a_dead_peer() {
+        let mut table = SocketTable::with_tick(TICK);
+        let targets = HashSet::from([7]);
+        let syn = SockRecord {
+            snd_una: 0,
+            snd_nxt: 1,
+            write_seq: 1,
+            retransmits: 3,
+            backoff: 3,
+            rto: 2000,
+            jiffies: 9000,
+            rcv_tstamp: 1,
+            ..rec(9, 5, tcp_state::SYN_SENT)
+        };
+        table.sweep(100 * SEC, &[syn], &owners(&[(5, 7)]), &targets, true, &th());
+        // Retransmitted 3 times with an 8 s RTO now: at least 4 s old.
+        assert_eq!(class_of(&table, 9), Some(Class::Healthy));
+        table.sweep(
+            101 * SEC + SEC / 2,
+            &[syn],
+            &owners(&[(5, 7)]),
+            &targets,
+            false,
+            &th(),
+        );
+        assert_eq!(
+            class_of(&table, 9),
+            Some(Class::Stalled(StallReason::Connect))
+        );
+    }
+
+    #[test]
+    fn eviction_from_the_kernel_map_is_noticed() {
+        let mut table = SocketTable::with_tick(TICK);
+        let targets = HashSet::from([7]);
         let inodes = owners(&[(9, 7)]);
-        let tracked = SockRecord { has_events: 1, ..rec(5, 9, tcp_state::ESTABLISHED) };
-        assert_eq!(table.sweep(SEC, &[tracked], &inodes, &targets, &th).evicted, 0);
-        let lost = SockRecord { has_events: 0, ..tracked };
-        let actions = table.sweep(2 * SEC, &[lost], &inodes, &targets, &th);
+        let tracked = SockRecord {
+            has_events: 1,
+            ..rec(5, 9, tcp_state::ESTABLISHED)
+        };
+        assert_eq!(
+            table
+                .sweep(SEC, &[tracked], &inodes, &targets, true, &th())
+                .evicted,
+            0
+        );
+        let lost = SockRecord {
+            has_events: 0,
+            ..tracked
+        };
+        let actions = table.sweep(2 * SEC, &[lost], &inodes, &targets, false, &th());
         assert_eq!(actions.evicted, 1);
         assert_eq!(actions.track.len(), 1, "re-tracked");
     }
 
     #[test]
     fn listeners_register_ports_and_carry_no_bytes() {
-        let mut table = SocketTable::default();
+        let mut table = SocketTable::with_tick(TICK);
         let targets = HashSet::from([7]);
-        let l = SockRecord { netns: 4026531840, sport: 8080, write_seq: 5, ..rec(1, 3, tcp_state::LISTEN) };
-        let a = table.sweep(SEC, &[l], &owners(&[(3, 7)]), &targets, &Thresholds::default());
+        let l = SockRecord {
+            netns: 4026531840,
+            sport: 8080,
+            write_seq: 5,
+            ..rec(1, 3, tcp_state::LISTEN)
+        };
+        let a = table.sweep(SEC, &[l], &owners(&[(3, 7)]), &targets, true, &th());
         assert_eq!(a.listen_ports.get(&(4026531840, 8080)), Some(&7));
         assert!(a.track.is_empty());
         let s = table.summary();
         assert_eq!((s.tracked, s.unsent), (1, 0));
+    }
+
+    #[test]
+    fn persist_bound_saturates_at_the_rto_ceiling() {
+        assert_eq!(persist_lower_bound(0), 0);
+        assert_eq!(persist_lower_bound(3), 1_400_000_000);
+        assert_eq!(persist_lower_bound(20) - persist_lower_bound(19), 120 * SEC);
     }
 }

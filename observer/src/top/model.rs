@@ -122,6 +122,8 @@ mod tests {
             progress_at,
             close_wait_at: None,
             zero_window_at: None,
+            connect_at: None,
+            probe_seen_at: None,
             kernel_tracked: true,
             seen: 0,
         }

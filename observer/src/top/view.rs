@@ -19,7 +19,7 @@ use crate::{
     metrics::state_name,
 };
 
-const HEADER_LINES: u16 = 5;
+const HEADER_LINES: u16 = 6;
 
 pub fn render(frame: &mut Frame, model: &Model) {
     let [header, table, status] =
@@ -88,16 +88,12 @@ fn header_lines(m: &Model) -> Vec<Line<'_>> {
 
     let states = counts("sockets", s.by_state.iter().map(|(st, n)| (state_name(*st), *n)), Style::new());
 
-    let mut bad =
+    let zombies =
         counts("zombies", ZombieReason::ALL.iter().map(|r| (r.label(), s.zombies.get(r).copied().unwrap_or(0))), red);
-    bad.push(Span::raw("   "));
-    bad.extend(counts(
-        "stalled",
-        StallReason::ALL.iter().map(|r| (r.label(), s.stalled.get(r).copied().unwrap_or(0))),
-        yellow,
-    ));
+    let stalled =
+        counts("stalled", StallReason::ALL.iter().map(|r| (r.label(), s.stalled.get(r).copied().unwrap_or(0))), yellow);
 
-    vec![title, Line::from(memory), queues, Line::from(states), Line::from(bad)]
+    vec![title, Line::from(memory), queues, Line::from(states), Line::from(zombies), Line::from(stalled)]
 }
 
 fn render_table(frame: &mut Frame, area: Rect, m: &Model) {

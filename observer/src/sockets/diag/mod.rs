@@ -117,14 +117,14 @@ mod tests {
         let secs = |s| Duration::from_secs(s);
         let th = Thresholds { dead_after: secs(2), close_wait_after: secs(2), stall_after: secs(2) };
         let mut table = SocketTable::with_tick(TICK_NS);
-        table.sweep(100 * SEC, &records, &owners, &targets, &th);
+        table.sweep(100 * SEC, &records, &owners, &targets, true, &th);
         let s = table.summary();
         // ss -tinoemH at capture time: Send-Q 2174976 + 3000, notsent 2174976 + 952.
         assert_eq!((s.unsent, s.unacked), (2_174_976 + 952, 2048));
         assert_eq!(s.zombies.get(&ZombieReason::DeadPeer), Some(&1), "silent for 2.5 s, backed off");
         assert_eq!(s.zombies.get(&ZombieReason::CloseWait), Some(&1), "FIN received 2.5 s ago");
         assert_eq!(s.stalled.get(&StallReason::ZeroWindow), None, "a zero window is timed from first sight");
-        table.sweep(103 * SEC, &records, &owners, &targets, &th);
+        table.sweep(103 * SEC, &records, &owners, &targets, false, &th);
         assert_eq!(table.summary().stalled.get(&StallReason::ZeroWindow), Some(&1));
     }
 

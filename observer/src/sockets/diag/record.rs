@@ -61,7 +61,8 @@ pub fn to_record(s: &DiagSocket, netns: u32, now_ms: u32) -> Option<SockRecord> 
         daddr: s.dst,
         jiffies: stamp(now_ms, 0),
         rcv_tstamp: stamp(now_ms, info.last_ack_recv_ms),
-        lrcvtime: stamp(now_ms, info.last_data_recv_ms),
+        rto: info.rto_us / 1000,
+        total_retrans: info.total_retrans,
         // tcp_info does not date the first zero-window probe: such a stall
         // is timed from first sight, which can only understate it.
         probes_tstamp: 0,
@@ -111,10 +112,10 @@ mod tests {
     #[test]
     fn ages_become_stamps_on_a_millisecond_clock() {
         let mut s = est(0, 0, 0);
-        s.info = Some(TcpInfo { last_ack_recv_ms: 8000, last_data_recv_ms: 500, ..s.info.expect("info") });
+        s.info = Some(TcpInfo { last_ack_recv_ms: 8000, rto_us: 204_000, ..s.info.expect("info") });
         let r = to_record(&s, 0, 10_000).expect("full socket");
         assert_eq!(r.jiffies.wrapping_sub(r.rcv_tstamp), 8000);
-        assert_eq!(r.jiffies.wrapping_sub(r.lrcvtime), 500);
+        assert_eq!(r.rto, 204, "the RTO in the record's ms ticks");
         // Across the wrap of the ms clock, and never the "no stamp" 0.
         let r = to_record(&s, 0, 3000).expect("full socket");
         assert_eq!(r.jiffies.wrapping_sub(r.rcv_tstamp), 8000);

@@ -29,8 +29,11 @@ mod tcpi {
     pub const RETRANSMITS: usize = 2;
     pub const PROBES: usize = 3;
     pub const BACKOFF: usize = 4;
+    /// µs.
+    pub const RTO: usize = 8;
     pub const LAST_DATA_RECV: usize = 52;
     pub const LAST_ACK_RECV: usize = 56;
+    pub const TOTAL_RETRANS: usize = 100;
     pub const BYTES_ACKED: usize = 120;
     pub const NOTSENT_BYTES: usize = 144;
     /// Linux 5.4 appended `tcpi_snd_wnd`; older kernels send a shorter struct.
@@ -155,6 +158,8 @@ pub struct TcpInfo {
     /// ms since the last segment / the last ACK was received.
     pub last_data_recv_ms: u32,
     pub last_ack_recv_ms: u32,
+    pub rto_us: u32,
+    pub total_retrans: u32,
     pub bytes_acked: u64,
     pub notsent_bytes: u32,
     /// The peer's window; None on kernels whose tcp_info predates it.
@@ -233,6 +238,8 @@ fn parse_tcp_info(v: &[u8]) -> Result<TcpInfo, WireError> {
         backoff: v[tcpi::BACKOFF],
         last_data_recv_ms: u32_(tcpi::LAST_DATA_RECV),
         last_ack_recv_ms: u32_(tcpi::LAST_ACK_RECV),
+        rto_us: u32_(tcpi::RTO),
+        total_retrans: u32_(tcpi::TOTAL_RETRANS),
         bytes_acked: u64_at(v, tcpi::BYTES_ACKED).unwrap_or(0),
         notsent_bytes: u32_(tcpi::NOTSENT_BYTES),
         snd_wnd: u32_at(v, tcpi::SND_WND),
