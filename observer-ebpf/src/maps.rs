@@ -47,7 +47,9 @@ pub fn bump(tgid: u32, counter: Counter) {
 /// Adds `n` to one counter of `tgid`.
 #[inline(always)]
 pub fn bump_by(tgid: u32, counter: Counter, n: u64) {
-    if n == 0 {
+    // A socket handed to (and closed by) a process we do not watch names
+    // that process; its events must not create entries nobody collects.
+    if n == 0 || TARGET_TGIDS.get_ptr(tgid).is_none() {
         return;
     }
     let ptr = match COUNTERS.get_ptr_mut(tgid) {

@@ -19,7 +19,7 @@ use crate::{
     classify::Thresholds,
     metrics::{self, Metrics},
     probes::{errors::ProbeError, loader::Probes},
-    sockets::{diag, iter, table::SocketTable},
+    sockets::{diag, iter, listing, table::SocketTable},
     target::{self, Selector},
 };
 
@@ -64,6 +64,8 @@ impl KernelMaps {
 pub struct Shared {
     pub pids: Mutex<Vec<u32>>,
     pub last_sweep: Mutex<Option<Instant>>,
+    /// `/sockets`: the zombie and stalled sockets of the last sweep.
+    pub listing: Mutex<Arc<String>>,
 }
 
 pub struct Agent {
@@ -311,6 +313,9 @@ impl Agent {
         self.collect_drops();
 
         self.metrics.publish(&self.table.summary());
+        // The number observer_sweeps_total reaches once this sweep is counted.
+        let listing = Arc::new(listing::render(&self.table, self.metrics.sweeps.get() + 1));
+        *self.shared.listing.lock().unwrap_or_else(|p| p.into_inner()) = listing;
         if self.metrics.per_pid.is_some() {
             // One pass over the table for every process, not one per process.
             let mut by_owner = self.table.summary_by_owner();

@@ -92,6 +92,10 @@ fn route<B>(state: &State, req: &Request<B>) -> Response<Full<Bytes>> {
                 Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "encoding failed\n"),
             }
         }
+        "/sockets" => {
+            let text = state.shared.listing.lock().map(|l| Arc::clone(&l)).unwrap_or_default();
+            reply(StatusCode::OK, "text/plain; charset=utf-8", text.as_bytes().to_vec())
+        }
         "/healthz" => {
             let last = state.shared.last_sweep.lock().map(|l| *l).unwrap_or(None);
             match last {
@@ -106,6 +110,6 @@ fn route<B>(state: &State, req: &Request<B>) -> Response<Full<Bytes>> {
                 None => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "no sweep yet\n"),
             }
         }
-        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics or /healthz\n"),
+        _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found: try /metrics, /sockets or /healthz\n"),
     }
 }

@@ -2,4 +2,5 @@
 
 pub mod diag;
 pub mod iter;
+pub mod listing;
 pub mod table;

@@ -192,6 +192,7 @@ impl SocketTable {
         if full_scan {
             self.disowned.clear();
         }
+        let listeners = listener_owners(records, inode_owner);
         for rec in records {
             let prev = self.socks.get(&rec.sk);
             let known = |pid: &u32| self.known_owners.contains(pid);
@@ -219,8 +220,12 @@ impl SocketTable {
                 // closed it is not ours.
                 from_events
             } else {
-                // Not accepted yet, or orphaned before the probes saw it.
-                from_events.or_else(|| prev.map(|p| p.owner).filter(known))
+                // Not accepted yet, or orphaned before the probes saw it
+                // (closed before this observer started, and no pinned
+                // state): the target listening on its port accepted it.
+                from_events
+                    .or_else(|| prev.map(|p| p.owner).filter(known))
+                    .or_else(|| listeners.get(&(rec.netns, rec.sport)).copied().flatten())
             };
             let Some(owner) = owner else { continue };
             let t = update(prev, owner, rec, now, self.tick_ns, thresholds);
@@ -273,6 +278,20 @@ impl SocketTable {
         }
         by
     }
+}
+
+/// (netns, port) -> the target listening there; None where a process we do
+/// not watch listens on the same port too (then no guess is made).
+fn listener_owners(records: &[SockRecord], inode_owner: &HashMap<u64, u32>) -> HashMap<(u32, u16), Option<u32>> {
+    let mut by_port: HashMap<(u32, u16), Option<u32>> = HashMap::new();
+    for r in records.iter().filter(|r| r.state == tcp_state::LISTEN) {
+        let owner = inode_owner.get(&r.inode).copied();
+        by_port
+            .entry((r.netns, r.sport))
+            .and_modify(|o| *o = o.zip(owner).map(|(a, b)| a.min(b)))
+            .or_insert(owner);
+    }
+    by_port
 }
 
 /// When, on our clock, the kernel's jiffies `stamp` of this record was;
@@ -874,6 +893,22 @@ mod tests {
             class_of(&table, 9),
             Some(Class::Stalled(StallReason::Connect))
         );
+    }
+
+    #[test]
+    fn an_orphan_nobody_saw_closed_belongs_to_the_only_listener_on_its_port() {
+        let mut table = SocketTable::with_tick(TICK);
+        let targets = HashSet::from([7]);
+        let listener = SockRecord { netns: 1, sport: 80, ..rec(1, 3, tcp_state::LISTEN) };
+        let orphan = SockRecord { netns: 1, sport: 80, snd_nxt: 10, ..rec(2, 0, tcp_state::FIN_WAIT1) };
+        let outbound = SockRecord { netns: 1, sport: 40000, ..rec(3, 0, tcp_state::FIN_WAIT1) };
+        table.sweep(SEC, &[listener, orphan, outbound], &owners(&[(3, 7)]), &targets, true, &th());
+        assert_eq!(table.len(), 2, "the listener and its orphan");
+        // Someone else listens on the port too: no guess.
+        let theirs = SockRecord { sk: 9, inode: 99, ..listener };
+        let mut table = SocketTable::with_tick(TICK);
+        table.sweep(SEC, &[listener, theirs, orphan], &owners(&[(3, 7)]), &targets, true, &th());
+        assert_eq!(table.len(), 1, "the listener only");
     }
 
     #[test]

@@ -2,19 +2,13 @@
 //! after a sweep, rendered by `view`. Kept free of terminal types so the
 //! screen can be tested from hand-made models.
 
-use std::{
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    time::Duration,
-};
+use std::time::Duration;
 
 use crate::{
     classify::Class,
     metrics::state_name,
     sockets::table::{Summary, Tracked},
 };
-
-const AF_INET: u8 = 2;
-const AF_INET6: u8 = 10;
 
 /// One non-listening socket of the target.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,15 +45,7 @@ impl Row {
     }
 }
 
-/// `address:port` of the peer; IPv4-mapped IPv6 addresses print as IPv4.
-pub fn peer(family: u8, addr: &[u8; 16], port: u16) -> String {
-    let ip = match family {
-        AF_INET => IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3])),
-        AF_INET6 => Ipv6Addr::from(*addr).to_canonical(),
-        other => return format!("family {other}"),
-    };
-    SocketAddr::new(ip, port).to_string()
-}
+pub use crate::sockets::listing::endpoint as peer;
 
 /// Everything on one screen.
 #[derive(Clone, Debug, Default)]
@@ -97,7 +83,11 @@ mod tests {
     use super::*;
     use crate::classify::ZombieReason;
 
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     const SEC: u64 = 1_000_000_000;
+    const AF_INET: u8 = 2;
+    const AF_INET6: u8 = 10;
 
     fn tracked(sk: u64, state: u8, port: u16, unsent: u32, unacked: u32, progress_at: u64, class: Class) -> Tracked {
         let mut daddr = [0u8; 16];

@@ -78,6 +78,12 @@ pub struct ServerArgs {
     /// Send one --message-bytes message to every client this often; 0 = only the burst.
     #[arg(long, default_value_t = 0, value_name = "M")]
     pub interval_ms: u64,
+    /// Also connect out to this address (e.g. one that drops every packet).
+    #[arg(long, value_name = "ADDR")]
+    pub connect_out: Option<String>,
+    /// How many connections to open to --connect-out.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub connect_out_count: u32,
 }
 
 #[derive(Args, Debug)]
@@ -94,6 +100,9 @@ pub struct ClientArgs {
     /// Exit after this many seconds (default: run until SIGTERM/SIGINT).
     #[arg(long, value_name = "S")]
     pub hold_secs: Option<u64>,
+    /// `idleclose` clients send their FIN this long after connecting.
+    #[arg(long, default_value_t = 8000, value_name = "MS")]
+    pub fin_after_ms: u64,
 }
 
 #[derive(Args, Debug)]
@@ -113,6 +122,26 @@ pub struct LabArgs {
     /// Clients that vanish and that the server then closes: kernel orphans in FIN_WAIT1.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub orphan: u32,
+    /// Clients reading 16 KiB/s that the server closes with data queued: orphans
+    /// draining to a live reader.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub drain: u32,
+    /// Clients that never read and vanish --stallgone-after-ms after READY.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub stallgone: u32,
+    /// When `stallgone` clients vanish, counted from READY.
+    #[arg(long, default_value_t = 8000, value_name = "MS")]
+    pub stallgone_after_ms: u64,
+    /// Idle clients that half-close --idle-fin-after-ms after connecting.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub idleclose: u32,
+    /// When `idleclose` clients send their FIN, counted from their connect.
+    #[arg(long, default_value_t = 8000, value_name = "MS")]
+    pub idle_fin_after_ms: u64,
+    /// Outbound connections the server opens to an address that drops every
+    /// packet (a namespace of its own): connects stuck in SYN_SENT.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub blackhole: u32,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long, value_name = "S")]
     pub duration_secs: Option<u64>,

@@ -16,6 +16,10 @@ use crate::sock;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Receive buffer of `slow` clients (the kernel doubles it), so the window closes fast.
 const SLOW_RCVBUF: i32 = 4096;
+/// `drain` clients: a small buffer read 4 KiB every 250 ms (16 KiB/s).
+const DRAIN_RCVBUF: i32 = 8192;
+const DRAIN_READ: usize = 4096;
+const DRAIN_EVERY: Duration = Duration::from_millis(250);
 
 pub fn run(args: &ClientArgs) -> Result<()> {
     signals::install().context("cannot install signal handlers")?;
@@ -28,7 +32,8 @@ pub fn run(args: &ClientArgs) -> Result<()> {
         if signals::requested() {
             return Ok(());
         }
-        let stream = open(addr, role).with_context(|| format!("connection {i} to {addr}"))?;
+        let stream = open(addr, role, Duration::from_millis(args.fin_after_ms))
+            .with_context(|| format!("connection {i} to {addr}"))?;
         let local = stream.local_addr().context("local address")?;
         writeln!(out, "{}", proto::local_line(local)).context("cannot write to stdout")?;
         conns.push(stream);
@@ -57,8 +62,12 @@ fn resolve(target: &str) -> Result<SocketAddr> {
 }
 
 /// Connects, sends the role line and starts whatever the role does with the socket.
-fn open(addr: SocketAddr, role: Role) -> Result<TcpStream> {
-    let rcvbuf = (role == Role::Slow).then_some(SLOW_RCVBUF);
+fn open(addr: SocketAddr, role: Role, fin_after: Duration) -> Result<TcpStream> {
+    let rcvbuf = match role {
+        r if r.never_reads() => Some(SLOW_RCVBUF),
+        Role::Drain => Some(DRAIN_RCVBUF),
+        _ => None,
+    };
     let mut stream = sock::connect(addr, rcvbuf, CONNECT_TIMEOUT).context("connect")?;
     stream
         .write_all(role.role_line().as_bytes())
@@ -67,6 +76,28 @@ fn open(addr: SocketAddr, role: Role) -> Result<TcpStream> {
         stream
             .shutdown(Shutdown::Write)
             .context("shutdown(SHUT_WR)")?;
+    }
+    if role == Role::Idleclose {
+        let stream = stream.try_clone().context("dup socket for the closer")?;
+        thread::Builder::new()
+            .name("idle".into())
+            .spawn(move || {
+                thread::sleep(fin_after);
+                let _ = stream.shutdown(Shutdown::Write);
+            })
+            .context("cannot start the idle thread")?;
+    }
+    if role == Role::Drain {
+        let mut reader = stream.try_clone().context("dup socket for the reader")?;
+        thread::Builder::new()
+            .name("drain".into())
+            .spawn(move || {
+                let mut buf = [0u8; DRAIN_READ];
+                while matches!(reader.read(&mut buf), Ok(n) if n > 0) {
+                    thread::sleep(DRAIN_EVERY);
+                }
+            })
+            .context("cannot start a reader thread")?;
     }
     if role.reads() {
         let mut reader = stream.try_clone().context("dup socket for the reader")?;

@@ -17,6 +17,7 @@ use crate::sock;
 
 const ROLE_LINE_TIMEOUT: Duration = Duration::from_secs(10);
 const ROLE_LINE_MAX: usize = 256;
+const DRAIN_SNDBUF: i32 = 512 * 1024;
 
 pub fn serve(stream: TcpStream, config: &Config) -> Result<()> {
     let accepted = Instant::now();
@@ -31,29 +32,37 @@ pub fn serve(stream: TcpStream, config: &Config) -> Result<()> {
     stream
         .set_write_timeout(Some(TICK))
         .context("SO_SNDTIMEO")?;
-    if role == Role::Orphan {
+    if role.server_closes() {
         sock::set_linger_off(&stream).context("SO_LINGER")?;
     }
+    if role == Role::Drain {
+        // Room for a minute of draining at 16 KiB/s once the server closes.
+        sock::set_sndbuf(&stream, DRAIN_SNDBUF).context("SO_SNDBUF")?;
+    }
+    // An idle keep-alive connection: nothing flows either way.
+    let sends = role != Role::Idleclose;
 
     let outbox = Arc::new(Outbox::new());
     let peer_gone = Arc::new(AtomicBool::new(false));
     let writer = spawn_writer(&stream, &outbox)?;
     let reader = spawn_reader(&stream, &outbox, &peer_gone)?;
 
-    outbox.push_bytes(config.stream.burst, config.stream.message_bytes);
+    if sends {
+        outbox.push_bytes(config.stream.burst, config.stream.message_bytes);
+    }
     let close_after = Duration::from_millis(config.stream.orphan_close_after_ms);
     let mut next_message = config.interval.map(|i| accepted + i);
     loop {
         let now = Instant::now();
-        if role == Role::Halfclose {
+        if role.server_keeps() {
             // The simulated app bug: EOF and errors are ignored, the fd is kept forever.
         } else if outbox.stopped() || peer_gone.load(Ordering::SeqCst) {
             break;
         }
-        if role == Role::Orphan && now >= accepted + close_after {
+        if role.server_closes() && now >= accepted + close_after {
             break;
         }
-        let due = next_message.filter(|&due| now >= due && !outbox.stopped());
+        let due = next_message.filter(|&due| sends && now >= due && !outbox.stopped());
         if let (Some(due), Some(interval)) = (due, config.interval) {
             outbox.push_bytes(config.stream.message_bytes, config.stream.message_bytes);
             next_message = Some(due + interval);

@@ -31,13 +31,16 @@ pub fn run(args: &LabArgs) -> Result<()> {
     signals::install().context("cannot install signal handlers")?;
     netns::validate_prefix(&args.name)?;
     let roles = planned_roles(args);
+    if args.server_loopback && (args.stallgone > 0 || args.blackhole > 0) {
+        bail!("--stallgone and --blackhole need namespaces: drop --server-loopback");
+    }
     let exe = std::env::current_exe().context("cannot find own executable")?;
     let pid = std::process::id();
     let topo = Topology::new(&args.name, pid, args.server_loopback);
 
     let mut res = Resources::default();
     match &topo.server_ns {
-        Some(_) => build_namespaces(&mut res, &topo, &roles)?,
+        Some(_) => build_namespaces(&mut res, &topo, &roles, args.blackhole > 0)?,
         None => {
             let table = loopnft::table_name(&args.name, pid);
             loopnft::create(&table)?;
@@ -60,7 +63,7 @@ pub fn run(args: &LabArgs) -> Result<()> {
         .chain(roles.iter().filter(|(r, _)| r.vanishes()));
     for &(role, count) in ordered {
         let started = Instant::now();
-        groups.push(start_clients(&mut res, &topo, &exe, role, count, port)?);
+        groups.push(start_clients(&mut res, &topo, &exe, role, count, port, args.idle_fin_after_ms)?);
         if role == Role::Orphan
             && started.elapsed() >= Duration::from_millis(args.stream.orphan_close_after_ms)
         {
@@ -72,18 +75,35 @@ pub fn run(args: &LabArgs) -> Result<()> {
     }
 
     let total: u32 = roles.iter().map(|(_, n)| n).sum();
+    let peers: Vec<(&str, std::net::IpAddr)> = match topo.server_ns {
+        Some(_) => {
+            let mut p: Vec<_> = roles.iter().map(|(r, _)| (r.name(), netns::link_addrs(*r).1.into())).collect();
+            if args.blackhole > 0 {
+                p.push(("blackhole", netns::BLACKHOLE_ADDRS.1.into()));
+            }
+            p
+        }
+        None => Vec::new(),
+    };
+    // Stallgone peers vanish once their window has long been zero.
+    let later: Vec<(Instant, String)> = groups
+        .iter()
+        .filter(|g| g.role.vanishes_later())
+        .filter_map(|g| g.ns.clone())
+        .map(|ns| (Instant::now() + Duration::from_millis(args.stallgone_after_ms), ns))
+        .collect();
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
         "{}",
-        proto::ready_line(server_pid, topo.server_ns.as_deref(), port, total)
+        proto::ready_line_with_peers(server_pid, topo.server_ns.as_deref(), port, total, &peers)
     )
     .and_then(|()| out.flush())
     .context("cannot write to stdout")?;
     drop(out);
     summary(&topo, server_pid, port, &groups, args);
 
-    let outcome = wait(&mut res, args.duration_secs.map(Duration::from_secs));
+    let outcome = wait(&mut res, args.duration_secs.map(Duration::from_secs), later);
     eprintln!("lab: cleaning up");
     drop(res);
     eprintln!("lab: done");
@@ -98,6 +118,9 @@ fn planned_roles(args: &LabArgs) -> Vec<(Role, u32)> {
         args.vanish,
         args.halfclose,
         args.orphan,
+        args.drain,
+        args.stallgone,
+        args.idleclose,
     ];
     let all_zero = counts.iter().all(|&n| n == 0);
     Role::ALL
@@ -108,7 +131,7 @@ fn planned_roles(args: &LabArgs) -> Vec<(Role, u32)> {
         .collect()
 }
 
-fn build_namespaces(res: &mut Resources, topo: &Topology, roles: &[(Role, u32)]) -> Result<()> {
+fn build_namespaces(res: &mut Resources, topo: &Topology, roles: &[(Role, u32)], blackhole: bool) -> Result<()> {
     let Some(srv) = topo.server_ns.as_deref() else {
         return Ok(());
     };
@@ -124,9 +147,16 @@ fn build_namespaces(res: &mut Resources, topo: &Topology, roles: &[(Role, u32)])
         res.namespaces.push(ns.clone());
         netns::lo_up(&ns)?;
         netns::link(srv, &ns, role)?;
-        if role == Role::Slow {
+        if role.never_reads() {
             netns::sysctl(&ns, "net.ipv4.tcp_rmem", SLOW_TCP_RMEM)?;
         }
+    }
+    if blackhole {
+        let ns = format!("{}-bh", topo.base);
+        netns::add(&ns)?;
+        res.namespaces.push(ns.clone());
+        netns::link_named(srv, &ns, ("s-bh", "c-bh"), netns::BLACKHOLE_ADDRS)?;
+        netns::drop_all(&ns)?;
     }
     Ok(())
 }
@@ -146,6 +176,10 @@ fn start_server(
         "--orphan-close-after-ms",
         &args.stream.orphan_close_after_ms.to_string(),
     ]);
+    if args.blackhole > 0 {
+        cmd.args(["--connect-out", &format!("{}:9", netns::BLACKHOLE_ADDRS.1)]);
+        cmd.args(["--connect-out-count", &args.blackhole.to_string()]);
+    }
     let server = res.server.insert(Managed::spawn("server", cmd)?);
     let ((addr, pid), _) =
         server.wait_for("LISTENING line", STARTUP_TIMEOUT, proto::parse_listening)?;
@@ -165,6 +199,7 @@ fn start_clients(
     role: Role,
     count: u32,
     port: u16,
+    fin_after_ms: u64,
 ) -> Result<ClientGroup> {
     let ns = topo.client_ns(role);
     let target = topo.server_addr(role, port);
@@ -172,6 +207,7 @@ fn start_clients(
     cmd.arg("client")
         .args(["--connect", &target.to_string(), "--role", role.name()]);
     cmd.args(["--count", &count.to_string()]);
+    cmd.args(["--fin-after-ms", &fin_after_ms.to_string()]);
     let label = format!("{} client", role.name());
     res.clients.push(Managed::spawn(&label, cmd)?);
     let Some(client) = res.clients.last_mut() else {
@@ -217,6 +253,9 @@ fn summary(topo: &Topology, server_pid: u32, port: u16, groups: &[ClientGroup], 
             Role::Orphan => "vanished; server closes it -> orphan FIN_WAIT1",
             Role::Halfclose => "sent FIN; server keeps CLOSE_WAIT",
             Role::Healthy => "reads everything",
+            Role::Drain => "reads 16 KiB/s; server closes it -> orphan draining to a live reader",
+            Role::Stallgone => "never reads, vanishes later while its window is zero",
+            Role::Idleclose => "idle, then sends FIN; server keeps CLOSE_WAIT",
         };
         eprintln!(
             "lab:   {:<9} x{:<3} pid {:<7} netns {ns:<22} -> {}  {note}",
@@ -237,9 +276,14 @@ fn summary(topo: &Topology, server_pid: u32, port: u16, groups: &[ClientGroup], 
 }
 
 /// Waits for the duration or a stop signal; fails if a child dies meanwhile.
-fn wait(res: &mut Resources, duration: Option<Duration>) -> Result<()> {
+fn wait(res: &mut Resources, duration: Option<Duration>, mut later: Vec<(Instant, String)>) -> Result<()> {
     let deadline = duration.map(|d| Instant::now() + d);
     loop {
+        for (_, ns) in later.iter().filter(|(at, _)| Instant::now() >= *at) {
+            netns::drop_all(ns)?;
+            eprintln!("lab: {ns} vanished");
+        }
+        later.retain(|(at, _)| Instant::now() < *at);
         if signals::requested() {
             eprintln!("lab: {} received", signals::last_name());
             return Ok(());

@@ -77,17 +77,29 @@ pub fn lo_up(ns: &str) -> Result<()> {
 
 /// Creates a veth pair with one end in each namespace, addresses it and brings it up.
 pub fn link(srv_ns: &str, cli_ns: &str, role: Role) -> Result<()> {
-    let (srv_if, cli_if) = (server_ifname(role), client_ifname(role));
     let (srv_ip, cli_ip) = link_addrs(role);
+    link_named(srv_ns, cli_ns, (&server_ifname(role), &client_ifname(role)), (srv_ip, cli_ip))
+}
+
+/// The blackhole namespace's link: not a client role, so a subnet of its own.
+pub const BLACKHOLE_ADDRS: (Ipv4Addr, Ipv4Addr) = (Ipv4Addr::new(198, 18, 99, 1), Ipv4Addr::new(198, 18, 99, 2));
+
+/// A veth pair between two namespaces, addressed as a /30.
+pub fn link_named(
+    srv_ns: &str,
+    cli_ns: &str,
+    (srv_if, cli_if): (&str, &str),
+    (srv_ip, cli_ip): (Ipv4Addr, Ipv4Addr),
+) -> Result<()> {
     let (srv_cidr, cli_cidr) = (format!("{srv_ip}/30"), format!("{cli_ip}/30"));
     ip(&[
-        "-n", srv_ns, "link", "add", &srv_if, "type", "veth", "peer", "name", &cli_if, "netns",
+        "-n", srv_ns, "link", "add", srv_if, "type", "veth", "peer", "name", cli_if, "netns",
         cli_ns,
     ])?;
-    ip(&["-n", srv_ns, "addr", "add", &srv_cidr, "dev", &srv_if])?;
-    ip(&["-n", cli_ns, "addr", "add", &cli_cidr, "dev", &cli_if])?;
-    ip(&["-n", srv_ns, "link", "set", &srv_if, "up"])?;
-    ip(&["-n", cli_ns, "link", "set", &cli_if, "up"])?;
+    ip(&["-n", srv_ns, "addr", "add", &srv_cidr, "dev", srv_if])?;
+    ip(&["-n", cli_ns, "addr", "add", &cli_cidr, "dev", cli_if])?;
+    ip(&["-n", srv_ns, "link", "set", srv_if, "up"])?;
+    ip(&["-n", cli_ns, "link", "set", cli_if, "up"])?;
     Ok(())
 }
 

@@ -41,6 +41,24 @@ pub fn ready_line(server_pid: u32, server_netns: Option<&str>, port: u16, client
     format!("READY server_pid={server_pid} server_netns={ns} port={port} clients={clients}")
 }
 
+/// The READY line plus where each role's clients connect from
+/// (`peers=role@ip,...`, netns mode only), so a reader can tell every
+/// server socket's role by its peer address.
+pub fn ready_line_with_peers(
+    server_pid: u32,
+    server_netns: Option<&str>,
+    port: u16,
+    clients: u32,
+    peers: &[(&str, std::net::IpAddr)],
+) -> String {
+    let mut line = ready_line(server_pid, server_netns, port, clients);
+    if !peers.is_empty() {
+        let list: Vec<String> = peers.iter().map(|(role, ip)| format!("{role}@{ip}")).collect();
+        line.push_str(&format!(" peers={}", list.join(",")));
+    }
+    line
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

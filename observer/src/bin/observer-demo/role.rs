@@ -15,15 +15,26 @@ pub enum Role {
     Halfclose,
     /// Like vanish; the server closes after a delay and the kernel keeps an orphan.
     Orphan,
+    /// Reads 16 KiB/s; the server closes it with data queued, and the kernel
+    /// drains the orphan to a live reader (FIN_WAIT1, never a zombie).
+    Drain,
+    /// Never reads (zero window), then vanishes while the window is zero.
+    Stallgone,
+    /// Idles without data either way, then half-closes; the server never
+    /// closes (CLOSE_WAIT dated from the FIN, not the last data).
+    Idleclose,
 }
 
 impl Role {
-    pub const ALL: [Role; 5] = [
+    pub const ALL: [Role; 8] = [
         Role::Healthy,
         Role::Slow,
         Role::Vanish,
         Role::Halfclose,
         Role::Orphan,
+        Role::Drain,
+        Role::Stallgone,
+        Role::Idleclose,
     ];
 
     pub fn name(self) -> &'static str {
@@ -33,6 +44,9 @@ impl Role {
             Role::Vanish => "vanish",
             Role::Halfclose => "halfclose",
             Role::Orphan => "orphan",
+            Role::Drain => "drain",
+            Role::Stallgone => "stallgone",
+            Role::Idleclose => "idleclose",
         }
     }
 
@@ -59,9 +73,30 @@ impl Role {
         matches!(self, Role::Vanish | Role::Orphan)
     }
 
-    /// Roles whose client reads what the server sends.
+    /// Roles whose client disappears later, once its window is zero.
+    pub fn vanishes_later(self) -> bool {
+        self == Role::Stallgone
+    }
+
+    /// Roles whose client never reads, with a receive buffer capped so the
+    /// window closes fast.
+    pub fn never_reads(self) -> bool {
+        matches!(self, Role::Slow | Role::Stallgone)
+    }
+
+    /// Roles whose client reads what the server sends as fast as it comes.
     pub fn reads(self) -> bool {
-        !matches!(self, Role::Slow)
+        !matches!(self, Role::Slow | Role::Stallgone | Role::Drain | Role::Idleclose)
+    }
+
+    /// Roles whose socket the server closes on its own, data queued or not.
+    pub fn server_closes(self) -> bool {
+        matches!(self, Role::Orphan | Role::Drain)
+    }
+
+    /// Roles whose fd the server keeps whatever the peer does (the app bug).
+    pub fn server_keeps(self) -> bool {
+        matches!(self, Role::Halfclose | Role::Idleclose)
     }
 }
 

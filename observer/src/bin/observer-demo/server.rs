@@ -30,6 +30,10 @@ pub fn run(args: &ServerArgs) -> Result<()> {
         interval: (args.interval_ms > 0).then(|| Duration::from_millis(args.interval_ms)),
     });
 
+    if let Some(target) = &args.connect_out {
+        connect_out(target, args.connect_out_count)?;
+    }
+
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", proto::listening_line(addr, std::process::id()))
         .and_then(|()| out.flush())
@@ -46,6 +50,27 @@ pub fn run(args: &ServerArgs) -> Result<()> {
                 thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+    Ok(())
+}
+
+/// Outbound connections held open, each in a thread blocked in connect():
+/// to an address that drops everything, they stay in SYN_SENT until the
+/// kernel gives up (`tcp_syn_retries`).
+fn connect_out(target: &str, count: u32) -> Result<()> {
+    let addr: std::net::SocketAddr = target.parse().with_context(|| format!("--connect-out {target}"))?;
+    for _ in 0..count {
+        thread::Builder::new()
+            .name("connect-out".into())
+            .spawn(move || match TcpStream::connect(addr) {
+                // Answered after all: keep it open like any client.
+                Ok(stream) => loop {
+                    thread::sleep(Duration::from_secs(3600));
+                    let _ = &stream;
+                },
+                Err(e) => eprintln!("observer-demo server: connect to {addr}: {e}"),
+            })
+            .context("cannot start a connect thread")?;
     }
     Ok(())
 }

@@ -42,6 +42,11 @@ pub fn connect(addr: SocketAddr, rcvbuf: Option<i32>, timeout: Duration) -> io::
     Ok(TcpStream::from(fd))
 }
 
+/// SO_SNDBUF (the kernel doubles it): how much a closed socket may still hold.
+pub fn set_sndbuf(stream: &TcpStream, bytes: i32) -> io::Result<()> {
+    set_opt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, &bytes)
+}
+
 /// SO_LINGER off: close() returns at once and the kernel finishes in the background.
 pub fn set_linger_off(stream: &TcpStream) -> io::Result<()> {
     let linger = libc::linger {
