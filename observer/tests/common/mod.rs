@@ -159,7 +159,17 @@ pub struct Lab {
     pub server_pid: u32,
     pub server_netns: Option<String>,
     pub port: u16,
+    /// role -> the address its clients connect from (netns mode).
+    pub peers: Vec<(String, String)>,
     _stdout: BufReader<ChildStdout>,
+}
+
+impl Lab {
+    /// The role whose clients connect from `peer` (`ip:port`).
+    pub fn role_of(&self, peer: &str) -> Option<&str> {
+        let ip = peer.rsplit_once(':').map_or(peer, |(ip, _)| ip);
+        self.peers.iter().find(|(_, a)| a == ip).map(|(r, _)| r.as_str())
+    }
 }
 
 pub fn start_lab(args: &[&str]) -> Lab {
@@ -197,6 +207,13 @@ pub fn start_lab(args: &[&str]) -> Lab {
         server_pid: field("server_pid").parse().expect("server pid"),
         server_netns: (netns != "-").then_some(netns),
         port: field("port").parse().expect("port"),
+        peers: ready
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("peers="))
+            .map(|list| {
+                list.split(',').filter_map(|p| p.split_once('@')).map(|(r, a)| (r.to_string(), a.to_string())).collect()
+            })
+            .unwrap_or_default(),
         _stdout: stdout,
     }
 }
@@ -304,4 +321,225 @@ pub fn start_demo_server(exe: &std::path::Path, burst: &str) -> (Proc, String) {
     BufReader::new(stdout).read_line(&mut line).expect("LISTENING line");
     let addr = line.split_whitespace().nth(1).expect("address in LISTENING line").to_string();
     (Proc { child, name: "server" }, addr)
+}
+
+/// `ip:port` with IPv4-mapped IPv6 addresses as IPv4, as `/sockets` prints them.
+pub fn canonical(addr: &str) -> String {
+    match addr.parse::<std::net::SocketAddr>() {
+        Ok(std::net::SocketAddr::V6(a)) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => format!("{v4}:{}", a.port()),
+            None => format!("[{}]:{}", a.ip(), a.port()),
+        },
+        Ok(a) => a.to_string(),
+        Err(_) => addr.to_string(),
+    }
+}
+
+/// One socket of `ss -tinpH state all`: the kernel's view, by 4-tuple.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SsConn {
+    pub state: String,
+    pub send_q: u64,
+    pub local: String,
+    pub peer: String,
+    /// PIDs holding it (`users:((..,pid=N,..))`); empty for an orphan.
+    pub pids: Vec<u32>,
+}
+
+/// Every TCP socket in `netns` (or here), TIME-WAIT and listeners included.
+pub fn ss_conns(netns: Option<&str>) -> Vec<SsConn> {
+    let args = ["-tinpH", "state", "all"];
+    let out: Output = match netns {
+        Some(ns) => Command::new("ip").args(["netns", "exec", ns, "ss"]).args(args).output(),
+        None => Command::new("ss").args(args).output(),
+    }
+    .expect("run ss");
+    assert!(out.status.success(), "ss failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with(char::is_whitespace))
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            if cols.len() < 5 {
+                return None;
+            }
+            let pids = l
+                .split("pid=")
+                .skip(1)
+                .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+                .collect();
+            Some(SsConn {
+                state: cols[0].to_string(),
+                send_q: cols[2].parse().unwrap_or(0),
+                local: canonical(cols[3]),
+                peer: canonical(cols[4]),
+                pids,
+            })
+        })
+        .collect()
+}
+
+/// One line of `/sockets`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listed {
+    pub class: String,
+    pub state: String,
+    pub pid: u32,
+    pub local: String,
+    pub peer: String,
+    pub unsent: u64,
+    pub unacked: u64,
+}
+
+/// `/sockets`: (the sweep it describes, its lines).
+pub fn listing(obs: &Observer) -> (u64, Vec<Listed>) {
+    let (code, body) = http_get(&obs.addr, "/sockets").expect("GET /sockets");
+    assert_eq!(code, 200, "GET /sockets: {body}");
+    let sweep = body
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# sweep "))
+        .and_then(|l| l.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no sweep number in /sockets: {body}"));
+    let rows = body
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(c.len(), 8, "malformed /sockets line {l:?}");
+            Listed {
+                class: c[0].into(),
+                state: c[1].into(),
+                pid: c[2].parse().expect("pid"),
+                local: c[3].into(),
+                peer: c[4].into(),
+                unsent: c[5].parse().expect("unsent"),
+                unacked: c[6].parse().expect("unacked"),
+            }
+        })
+        .collect();
+    (sweep, rows)
+}
+
+/// What the observer said after one sweep, /metrics and /sockets alike, and
+/// what `ss` showed right after reading them.
+pub struct Look {
+    pub sweep: u64,
+    pub metrics: Scrape,
+    pub sockets: Vec<Listed>,
+    /// `ss` before the sweep began and after it was read: a socket in the
+    /// same state in both was in that state during the sweep.
+    pub ss_before: Vec<SsConn>,
+    pub ss: Vec<SsConn>,
+    /// When the look was complete (the sweep ran before it).
+    pub at: Instant,
+}
+
+impl Look {
+    /// The observer's class of the socket `local`→`peer`: listed, or healthy.
+    pub fn class_of(&self, local: &str, peer: &str) -> &str {
+        self.sockets.iter().find(|l| l.local == local && l.peer == peer).map_or("healthy", |l| l.class.as_str())
+    }
+
+    /// Sockets `ss` showed in the same state before and after the sweep.
+    pub fn stable(&self) -> impl Iterator<Item = &SsConn> {
+        self.ss.iter().filter(|s| {
+            self.ss_before.iter().any(|b| b.local == s.local && b.peer == s.peer && b.state == s.state)
+        })
+    }
+
+    pub fn count(&self, class: &str) -> usize {
+        self.sockets.iter().filter(|l| l.class == class).count()
+    }
+
+    /// The gauges of the same sweep say what the listing says.
+    pub fn assert_consistent(&self) {
+        for reason in ["dead_peer", "close_wait", "orphaned"] {
+            let gauge = metric(&self.metrics, &format!("observer_zombie_sockets{{reason=\"{reason}\"}}"));
+            assert_eq!(gauge as usize, self.count(reason), "sweep {}: zombie gauge {reason} vs /sockets", self.sweep);
+        }
+        for reason in ["zero_window", "connect"] {
+            let gauge = metric(&self.metrics, &format!("observer_stalled_sockets{{reason=\"{reason}\"}}"));
+            assert_eq!(gauge as usize, self.count(reason), "sweep {}: stalled gauge {reason} vs /sockets", self.sweep);
+        }
+        // Every listed socket is one the kernel has, in the same state
+        // where that state held all through the sweep.
+        for l in &self.sockets {
+            let known = |v: &[SsConn]| v.iter().any(|s| s.local == l.local && s.peer == l.peer);
+            assert!(known(&self.ss) || known(&self.ss_before), "sweep {}: listed {l:?} is not in ss: {:?}", self.sweep, self.ss);
+            if let Some(s) = self.stable().find(|s| s.local == l.local && s.peer == l.peer) {
+                assert_eq!(ss_state(&l.state), s.state, "sweep {}: state of {l:?}", self.sweep);
+            }
+        }
+    }
+}
+
+/// `ss`'s spelling of one of the observer's state labels.
+pub fn ss_state(ours: &str) -> String {
+    match ours {
+        "established" => "ESTAB".into(),
+        "syn_sent" => "SYN-SENT".into(),
+        "syn_recv" => "SYN-RECV".into(),
+        other => other.to_uppercase().replace('_', "-").replace("WAIT1", "WAIT-1").replace("WAIT2", "WAIT-2"),
+    }
+}
+
+fn sweeps(s: &Scrape) -> u64 {
+    metric(s, "observer_sweeps_total") as u64
+}
+
+/// The next sweep after `after`, seen whole: a /metrics scrape and a
+/// /sockets listing of that same sweep, then `ss` in `netns`. `ss_before`
+/// is `ss` read before that sweep began (the last look's), or read now.
+pub fn next_look(obs: &Observer, after: u64, netns: Option<&str>, ss_before: Option<Vec<SsConn>>) -> Look {
+    let ss_before = ss_before.unwrap_or_else(|| ss_conns(netns));
+    wait_for(Duration::from_secs(10), "a fresh sweep seen whole", || {
+        let before = obs.scrape();
+        if sweeps(&before) <= after {
+            std::thread::sleep(Duration::from_millis(30));
+            return None;
+        }
+        let (sweep, sockets) = listing(obs);
+        let metrics = obs.scrape();
+        (sweeps(&before) == sweep && sweeps(&metrics) == sweep)
+            .then(|| Look { sweep, metrics, sockets, ss_before: ss_before.clone(), ss: ss_conns(netns), at: Instant::now() })
+    })
+}
+
+/// Calls `check` on every sweep for at least `n` sweeps in a row (one may be
+/// missed only if a look takes longer than a sweep interval; the count is of
+/// sweeps actually checked).
+pub fn every_sweep(obs: &Observer, n: usize, netns: Option<&str>, mut check: impl FnMut(&Look)) -> Vec<u64> {
+    let mut last = sweeps(&obs.scrape());
+    let mut checked = Vec::new();
+    let mut ss = None;
+    while checked.len() < n {
+        let look = next_look(obs, last, netns, ss.take());
+        look.assert_consistent();
+        check(&look);
+        last = look.sweep;
+        checked.push(look.sweep);
+        ss = Some(look.ss);
+    }
+    checked
+}
+
+/// A counter of the kernel's TCP MIB in `netns`, by `nstat` (absolute, the
+/// history file left alone).
+pub fn nstat(netns: Option<&str>, counter: &str) -> u64 {
+    let args = ["-asz", counter];
+    let out = match netns {
+        Some(ns) => Command::new("ip").args(["netns", "exec", ns, "nstat"]).args(args).output(),
+        None => Command::new("nstat").args(args).output(),
+    }
+    .expect("run nstat");
+    assert!(out.status.success(), "nstat failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next()? == counter).then(|| w.next()?.parse().ok())?
+        })
+        .unwrap_or(0)
 }
