@@ -81,6 +81,9 @@ pub struct Agent {
     pub purge_stale_on_first_sweep: bool,
     /// Cap on per-process series (`--max-pids`), against label explosions.
     pub max_pids: usize,
+    /// `--state-file`: where the table's clocks are kept across restarts.
+    pub state_file: Option<std::path::PathBuf>,
+    state_file_failing: bool,
     /// The last full read of the targets' file tables, and sweeps since.
     scan: Option<target::Scan>,
     since_full_scan: u32,
@@ -167,6 +170,8 @@ impl Agent {
             shared,
             purge_stale_on_first_sweep: false,
             max_pids: 64,
+            state_file: None,
+            state_file_failing: false,
             scan: None,
             since_full_scan: 0,
             table: SocketTable::with_tick(tick),
@@ -292,6 +297,7 @@ impl Agent {
             records.len(),
             t0.elapsed() - t_iter
         );
+        self.save_state();
         if let Some(maps) = self.maps.as_mut() {
             for (sk, ev) in actions.track {
                 // BPF_NOEXIST: a probe that got there first knows better.
@@ -340,6 +346,21 @@ impl Agent {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         Ok(())
+    }
+
+    /// Continues from the clocks an earlier observer kept (`--state-file`).
+    pub fn seed(&mut self, seeds: std::collections::HashMap<u64, crate::sockets::state_file::Seed>) {
+        self.table.seed(seeds);
+    }
+
+    fn save_state(&mut self) {
+        let Some(path) = &self.state_file else { return };
+        match crate::sockets::state_file::save(path, &self.table) {
+            Ok(_) => self.state_file_failing = false,
+            // Once per failing stretch, not once per sweep.
+            Err(e) if !std::mem::replace(&mut self.state_file_failing, true) => warn!("state file: {e}"),
+            Err(_) => {}
+        }
     }
 
     /// Every TCP socket of the namespaces the targets live in. A namespace

@@ -93,9 +93,18 @@ pub struct RunArgs {
     /// removed on a clean shutdown.
     #[arg(long, default_value = "/sys/fs/bpf/observer", value_name = "PATH")]
     pub pin_dir: std::path::PathBuf,
-    /// Do not pin anything: a restart starts every clock afresh.
+    /// Do not pin anything in bpffs. Without --state-file, a restart then
+    /// restarts the clocks the kernel does not keep itself (see --state-file).
     #[arg(long)]
     pub no_pin: bool,
+    /// File where the agent keeps, after every sweep, the clocks only it knows
+    /// for the sockets that have one (since when CLOSE_WAIT, since when no ACK
+    /// progress, since when a connect is unanswered, who closed an orphan), and
+    /// reads them back at start: a restarted observer, pinned or not, reports
+    /// from its first sweep what the last one did. Written atomically; grows
+    /// with sockets in trouble, not with connections; ignored after a reboot.
+    #[arg(long, value_name = "PATH")]
+    pub state_file: Option<std::path::PathBuf>,
     /// Also export per-process series with a `pid` label (process_rss_bytes,
     /// process_established_sockets, process_zombie_sockets, process_send_queue_bytes)
     /// for a target of several processes (`--comm` matching a cluster of workers).

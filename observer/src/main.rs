@@ -68,6 +68,7 @@ pub fn start_agent(
     sweep: &cli::SweepArgs,
     kernel: &cli::KernelArgs,
     pins: Option<PinDir>,
+    state_file: Option<std::path::PathBuf>,
     metrics: Metrics,
     shared: Arc<Shared>,
 ) -> Result<Agent> {
@@ -88,6 +89,16 @@ pub fn start_agent(
     }
     let mut agent = Agent::new(probes, selector, sweep.thresholds(), metrics, shared)?;
     agent.purge_stale_on_first_sweep = reused;
+    if let Some(path) = &state_file {
+        match sockets::state_file::load(path) {
+            Ok(seeds) => {
+                info!("continuing from {} sockets' clocks in {}", seeds.len(), path.display());
+                agent.seed(seeds);
+            }
+            Err(e) => warn!("starting every clock afresh: {e}"),
+        }
+    }
+    agent.state_file = state_file;
     // The first sweep runs before serving, so the first scrape has numbers.
     agent.sweep().context("first sweep of the kernel's sockets")?;
     Ok(agent)
@@ -118,7 +129,15 @@ fn run(args: RunArgs) -> Result<()> {
             }
         }
     };
-    let mut agent = start_agent(&args.target, &args.sweep, &args.kernel, pins.clone(), metrics.clone(), shared.clone())?;
+    let mut agent = start_agent(
+        &args.target,
+        &args.sweep,
+        &args.kernel,
+        pins.clone(),
+        args.state_file.clone(),
+        metrics.clone(),
+        shared.clone(),
+    )?;
     agent.max_pids = args.max_pids as usize;
     // Registered once the mode is known: without probes the event counters
     // are left out rather than shown as zeros.

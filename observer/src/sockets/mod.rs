@@ -3,4 +3,5 @@
 pub mod diag;
 pub mod iter;
 pub mod listing;
+pub mod state_file;
 pub mod table;

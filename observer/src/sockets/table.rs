@@ -8,6 +8,7 @@ use std::{
 
 use observer_common::{FLAG_APP_CLOSED, SockEvents, SockRecord, tcp_state, timer};
 
+use crate::sockets::state_file::Seed;
 use crate::classify::{self, Class, Observed, StallReason, Thresholds, ZombieReason};
 
 /// One socket of a target, with the times the agent keeps for it.
@@ -91,6 +92,8 @@ pub struct SocketTable {
     /// Sockets with a file that no target held at the last full read of
     /// the file tables (passed away, or accepted by another process).
     disowned: HashSet<u64>,
+    /// What a previous observer knew (`--state-file`), taken at first sight.
+    seeds: HashMap<u64, Seed>,
 }
 
 /// Aggregates over the table for one set of owners.
@@ -146,6 +149,18 @@ impl SocketTable {
         self.socks.values()
     }
 
+    /// (kernel address, socket) pairs.
+    pub fn entries(&self) -> impl Iterator<Item = (&u64, &Tracked)> {
+        self.socks.iter()
+    }
+
+    /// Continues from what an earlier observer knew: each seed stands in for
+    /// the previous sweep of its socket, if that socket is still there.
+    pub fn seed(&mut self, seeds: HashMap<u64, Seed>) {
+        self.known_owners.extend(seeds.values().map(|s| s.owner));
+        self.seeds = seeds;
+    }
+
     /// Whether a socket the probes attribute to a target has a file that
     /// the last read of the file tables did not see: then who holds it must
     /// be read again before trusting the probes (it may have been accepted
@@ -194,7 +209,11 @@ impl SocketTable {
         }
         let listeners = listener_owners(records, inode_owner);
         for rec in records {
-            let prev = self.socks.get(&rec.sk);
+            let seeded = match self.seeds.remove(&rec.sk) {
+                Some(s) if s.matches(rec) && !self.socks.contains_key(&rec.sk) => Some(s.as_tracked(rec)),
+                _ => None,
+            };
+            let prev = self.socks.get(&rec.sk).or(seeded.as_ref());
             let known = |pid: &u32| self.known_owners.contains(pid);
             let from_events = (rec.has_events != 0)
                 .then_some(rec.events.owner_tgid)
@@ -249,6 +268,8 @@ impl SocketTable {
             );
         }
         self.socks.retain(|_, t| t.seen == generation);
+        // A seed not matched at the first sweep is of a socket that is gone.
+        self.seeds.clear();
         let owning: HashSet<u32> = self.socks.values().map(|t| t.owner).collect();
         self.known_owners
             .retain(|p| targets.contains(p) || owning.contains(p));

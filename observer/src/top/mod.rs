@@ -42,7 +42,7 @@ pub fn run(args: TopArgs) -> Result<()> {
         log::set_max_level(log::LevelFilter::Warn);
     }
     let mut agent =
-        crate::start_agent(&args.target, &args.sweep, &args.kernel, None, Metrics::default(), Arc::new(Shared::default()))?;
+        crate::start_agent(&args.target, &args.sweep, &args.kernel, None, None, Metrics::default(), Arc::new(Shared::default()))?;
     signals::install().context("installing signal handlers")?;
     let keys = Keys::open().context("opening the terminal for keys")?;
     let screen = Screen::enter().context("setting up the terminal")?;
