@@ -42,23 +42,53 @@ pub fn observer_sockets(ctx: *mut IterTcpCtx) -> i32 {
         return 0;
     }
     let state = kernel::state(sk);
-    // TIME_WAIT and request sockets are not full sockets: no process owns
-    // them and the tcp_sock fields do not exist.
-    if state == tcp_state::TIME_WAIT || state == tcp_state::NEW_SYN_RECV {
+    // Request sockets are not full sockets and belong to no process yet.
+    if state == tcp_state::NEW_SYN_RECV {
         return 0;
     }
     let mut rec = SockRecord {
         sk,
-        inode: kernel::inode(sk),
         netns: kernel::netns(sk),
         state,
         family: read::<u16>(sk, off!(skc_family)) as u8,
+        sport: kernel::local_port(sk),
+        dport: u16::from_be(read::<u16>(sk, off!(skc_dport))),
+        ..SockRecord::default()
+    };
+    if rec.family == AF_INET6 {
+        rec.saddr = read(sk, off!(skc_v6_rcv_saddr));
+        rec.daddr = read(sk, off!(skc_v6_daddr));
+    } else {
+        let s: [u8; 4] = read(sk, off!(skc_rcv_saddr));
+        let d: [u8; 4] = read(sk, off!(skc_daddr));
+        rec.saddr[..4].copy_from_slice(&s);
+        rec.daddr[..4].copy_from_slice(&d);
+    }
+    // A TIME_WAIT socket is only its `sock_common`: counted, never read
+    // beyond it (the tcp_sock fields do not exist there).
+    if state != tcp_state::TIME_WAIT {
+        full(sk, &mut rec);
+    }
+    let seq = unsafe { (*meta).seq };
+    let len = core::mem::size_of::<SockRecord>() as u32;
+    // -EOVERFLOW is flow control, not loss: the read buffer is full and the
+    // kernel shows this socket again at the start of the next read().
+    let ret = unsafe { bpf_seq_write(seq.cast(), (&rec as *const SockRecord).cast(), len) };
+    if ret != 0 && ret != EOVERFLOW {
+        count_drop(drop_reason::ITER_WRITE_FAILED);
+    }
+    0
+}
+
+/// The fields of a full TCP socket, and what the probes recorded for it.
+#[inline(always)]
+fn full(sk: u64, rec: &mut SockRecord) {
+    *rec = SockRecord {
+        inode: kernel::inode(sk),
         pending: read(sk, off!(icsk_pending)),
         backoff: read(sk, off!(icsk_backoff)),
         retransmits: read(sk, off!(icsk_retransmits)),
         probes_out: read(sk, off!(icsk_probes_out)),
-        sport: kernel::local_port(sk),
-        dport: u16::from_be(read::<u16>(sk, off!(skc_dport))),
         write_seq: read(sk, off!(write_seq)),
         snd_nxt: kernel::snd_nxt(sk),
         snd_una: kernel::snd_una(sk),
@@ -76,28 +106,10 @@ pub fn observer_sockets(ctx: *mut IterTcpCtx) -> i32 {
         total_retrans: kernel::total_retrans(sk),
         ktime_us: unsafe { bpf_ktime_get_ns() } / 1000,
         mstamp_us: read(sk, off!(tcp_mstamp)),
-        ..SockRecord::default()
+        ..*rec
     };
-    if rec.family == AF_INET6 {
-        rec.saddr = read(sk, off!(skc_v6_rcv_saddr));
-        rec.daddr = read(sk, off!(skc_v6_daddr));
-    } else {
-        let s: [u8; 4] = read(sk, off!(skc_rcv_saddr));
-        let d: [u8; 4] = read(sk, off!(skc_daddr));
-        rec.saddr[..4].copy_from_slice(&s);
-        rec.daddr[..4].copy_from_slice(&d);
-    }
     if let Some(ev) = SOCKS.get_ptr(sk) {
         rec.events = unsafe { *ev };
         rec.has_events = 1;
     }
-    let seq = unsafe { (*meta).seq };
-    let len = core::mem::size_of::<SockRecord>() as u32;
-    // -EOVERFLOW is flow control, not loss: the read buffer is full and the
-    // kernel shows this socket again at the start of the next read().
-    let ret = unsafe { bpf_seq_write(seq.cast(), (&rec as *const SockRecord).cast(), len) };
-    if ret != 0 && ret != EOVERFLOW {
-        count_drop(drop_reason::ITER_WRITE_FAILED);
-    }
-    0
 }

@@ -255,7 +255,7 @@ impl SocketTable {
                 if prev.is_some_and(|p| p.kernel_tracked && p.record.has_events != 0) {
                     actions.evicted += 1;
                 }
-                if !t.is_listener() {
+                if !t.is_listener() && rec.state != tcp_state::TIME_WAIT {
                     actions.track.push((rec.sk, t.as_events(now)));
                 }
             }

@@ -100,6 +100,9 @@ pub struct ClientArgs {
     /// Exit after this many seconds (default: run until SIGTERM/SIGINT).
     #[arg(long, value_name = "S")]
     pub hold_secs: Option<u64>,
+    /// End every connection with RST (SO_LINGER 0) instead of FIN on exit.
+    #[arg(long)]
+    pub reset: bool,
     /// `idleclose` clients send their FIN this long after connecting.
     #[arg(long, default_value_t = 8000, value_name = "MS")]
     pub fin_after_ms: u64,

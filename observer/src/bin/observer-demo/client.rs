@@ -49,6 +49,11 @@ pub fn run(args: &ClientArgs) -> Result<()> {
     while !signals::requested() && deadline.is_none_or(|d| Instant::now() < d) {
         thread::sleep(Duration::from_millis(100));
     }
+    if args.reset {
+        for c in &conns {
+            sock::set_linger_reset(c).context("SO_LINGER")?;
+        }
+    }
     drop(conns);
     Ok(())
 }

@@ -47,6 +47,12 @@ pub fn set_sndbuf(stream: &TcpStream, bytes: i32) -> io::Result<()> {
     set_opt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, &bytes)
 }
 
+/// SO_LINGER on with a zero timeout: close() sends RST instead of FIN.
+pub fn set_linger_reset(stream: &TcpStream) -> io::Result<()> {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    set_opt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &linger)
+}
+
 /// SO_LINGER off: close() returns at once and the kernel finishes in the background.
 pub fn set_linger_off(stream: &TcpStream) -> io::Result<()> {
     let linger = libc::linger {

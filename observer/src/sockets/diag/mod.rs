@@ -32,9 +32,9 @@ pub enum DiagError {
     Netns(IterError),
 }
 
-/// Every state but TIME_WAIT and NEW_SYN_RECV (bit n is TCP state n): the
-/// full sockets the iterator reports too.
-const STATES: u32 = 0xffe & !(1 << tcp_state::TIME_WAIT) & !(1 << tcp_state::NEW_SYN_RECV);
+/// Every state but NEW_SYN_RECV (bit n is TCP state n): the
+/// sockets the iterator reports too (TIME_WAIT ones by their addresses only).
+const STATES: u32 = 0xffe & !(1 << tcp_state::NEW_SYN_RECV);
 
 /// Reads every full TCP socket of the current (or given) network namespace.
 pub fn read_sockets(netns: Option<&File>) -> Result<Vec<SockRecord>, DiagError> {

@@ -34,11 +34,25 @@ fn stamp(now_ms: u32, age_ms: u32) -> u32 {
     }
 }
 
-/// The record for one full socket, or None for TIME_WAIT and request
-/// mini-sockets (no tcp_info), which no process owns.
+/// The record for one socket: a full one, or a TIME_WAIT one with only its
+/// addresses (counted, never classified); None for request mini-sockets.
 pub fn to_record(s: &DiagSocket, netns: u32, now_ms: u32) -> Option<SockRecord> {
+    if s.state == tcp_state::TIME_WAIT {
+        let r = SockRecord {
+            sk: s.cookie,
+            netns,
+            state: s.state,
+            family: s.family,
+            sport: s.sport,
+            dport: s.dport,
+            saddr: s.src,
+            daddr: s.dst,
+            ..SockRecord::default()
+        };
+        return Some(r);
+    }
     let info = s.info?;
-    if s.state == tcp_state::TIME_WAIT || s.state == tcp_state::NEW_SYN_RECV {
+    if s.state == tcp_state::NEW_SYN_RECV {
         return None;
     }
     let mut r = SockRecord {
