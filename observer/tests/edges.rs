@@ -144,3 +144,52 @@ fn ipv6_and_v4_mapped_peers_and_time_wait_match_the_kernel() {
     });
     assert!(compared >= 5, "state counts compared on {compared} of 10 sweeps");
 }
+
+#[test]
+fn sockets_given_away_are_not_the_targets_and_shared_ones_count_once() {
+    require_root();
+    let mut child = Command::new(DEMO)
+        .args(["handoff", "--listen", "127.0.0.1:0", "--pass", "3", "--share", "2", "--keep", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start handoff server");
+    let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+    let srv = Proc { child, name: "handoff" };
+    let mut line = String::new();
+    out.read_line(&mut line).expect("LISTENING line");
+    let addr = line.split_whitespace().nth(1).expect("address").to_string();
+    let port = addr.rsplit(':').next().expect("port").to_string();
+    let pid = srv.pid().to_string();
+    let mut args = vec!["--pid", pid.as_str()];
+    args.extend_from_slice(FAST);
+    // Watching before the connections arrive: the probes first attribute
+    // every accepted connection to the listener's owner.
+    let obs = start_observer(&args);
+    // Half-closed clients: every server socket ends in CLOSE_WAIT, and only
+    // those the server still holds are its zombies.
+    let (_c, _) = clients(&addr, "halfclose", 7, &[]);
+    line.clear();
+    out.read_line(&mut line).expect("HANDED line");
+    assert!(line.starts_with("HANDED"), "{line}");
+    let target = srv.pid();
+    let held = |ss: &[SsConn]| -> BTreeSet<(String, String)> {
+        ss.iter()
+            .filter(|s| s.local.ends_with(&format!(":{port}")) && s.state == "CLOSE-WAIT" && s.pids.contains(&target))
+            .map(|s| (s.local.clone(), s.peer.clone()))
+            .collect()
+    };
+    let listed = |l: &[Listed]| -> BTreeSet<(String, String)> {
+        l.iter().filter(|l| l.class == "close_wait").map(|l| (l.local.clone(), l.peer.clone())).collect()
+    };
+    wait_for(Duration::from_secs(30), "the server's own CLOSE_WAIT sockets listed", || {
+        let ss = ss_conns(None);
+        let (_, l) = listing(&obs);
+        (held(&ss).len() == 4 && listed(&l) == held(&ss)).then_some(())
+    });
+    let all_cw = |ss: &[SsConn]| ss.iter().filter(|s| s.local.ends_with(&format!(":{port}")) && s.state == "CLOSE-WAIT").count();
+    every_sweep(&obs, 10, None, |look| {
+        assert_eq!(all_cw(&look.ss), 7, "sweep {}: the scenario holds (7 CLOSE_WAIT sockets in all)", look.sweep);
+        assert_eq!(listed(&look.sockets), held(&look.ss), "sweep {}: zombies are exactly what the target holds", look.sweep);
+        assert_eq!(metric(&look.metrics, "observer_tcp_sockets{state=\"close_wait\"}"), 4.0, "sweep {}", look.sweep);
+    });
+}

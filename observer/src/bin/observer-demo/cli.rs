@@ -52,6 +52,35 @@ pub enum Command {
     /// process still inside them: SIGTERM, then SIGKILL) and loopback-mode nft
     /// tables `observer_demo_<PREFIX>*`.
     Cleanup(CleanupArgs),
+    /// A server that gives connections away: the first --pass it accepts are
+    /// sent with SCM_RIGHTS to a keeper process and closed here, the next
+    /// --share are inherited by that keeper (held by both, as after a fork), the
+    /// last --keep stay here only. Prints `LISTENING <addr> pid=<pid>`, then
+    /// `HANDED keeper=<pid> ...` once all are placed; runs until SIGTERM.
+    Handoff(HandoffArgs),
+    /// The keeper `handoff` starts: holds what it is given. Not for direct use.
+    #[command(hide = true)]
+    Keep(KeepArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct HandoffArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: String,
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub pass: u32,
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub share: u32,
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub keep: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct KeepArgs {
+    /// Unix socket to receive file descriptors on.
+    #[arg(long)]
+    pub fd: i32,
 }
 
 /// Server behaviour, shared by `server` and `lab`.

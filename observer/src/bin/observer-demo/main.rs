@@ -8,6 +8,7 @@ mod cli;
 mod client;
 mod connection;
 mod exec;
+mod handoff;
 mod lab;
 mod loopnft;
 mod netns;
@@ -31,6 +32,8 @@ fn main() {
         Command::Client(args) => client::run(args),
         Command::Lab(args) => lab::run(args),
         Command::Cleanup(args) => cleanup::run(args),
+        Command::Handoff(args) => handoff::run(args),
+        Command::Keep(args) => handoff::keep(args),
     };
     if let Err(e) = result {
         eprintln!("observer-demo: error: {e:#}");
