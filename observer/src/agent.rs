@@ -84,6 +84,11 @@ pub struct Agent {
     /// `--state-file`: where the table's clocks are kept across restarts.
     pub state_file: Option<std::path::PathBuf>,
     state_file_failing: bool,
+    /// Handles on the network namespaces read, by inode: kept while they are
+    /// needed, so a namespace whose processes all exited can still be read.
+    netns_files: HashMap<u64, std::fs::File>,
+    /// Namespaces this sweep could not read: their sockets are unknown, not gone.
+    unread_netns: HashSet<u32>,
     /// The last full read of the targets' file tables, and sweeps since.
     scan: Option<target::Scan>,
     since_full_scan: u32,
@@ -172,6 +177,8 @@ impl Agent {
             max_pids: 64,
             state_file: None,
             state_file_failing: false,
+            netns_files: HashMap::new(),
+            unread_netns: HashSet::new(),
             scan: None,
             since_full_scan: 0,
             table: SocketTable::with_tick(tick),
@@ -280,6 +287,7 @@ impl Agent {
         }
         let t_iter = t0.elapsed();
         let now = monotonic_ns();
+        self.table.keep_unread(&self.unread_netns);
         let actions = self.table.sweep(
             now,
             &records,
@@ -367,30 +375,57 @@ impl Agent {
     /// that cannot be entered (its last process just exited) is skipped
     /// with a warning, not the whole sweep.
     fn read_records(&mut self, scan: &target::Scan) -> Result<Vec<SockRecord>, SweepError> {
+        // Namespaces of the targets, and those where a former target still
+        // owns sockets (a crashed worker's orphans live on after it), entered
+        // through a handle kept from when a process of it was alive.
+        let mut namespaces: Vec<(u64, Option<u32>)> = scan.netns.iter().map(|(ns, pids)| (*ns, pids.first().copied())).collect();
+        let targets: HashSet<u32> = scan.pids.iter().copied().collect();
+        let mut orphaned: Vec<u64> = self
+            .table
+            .sockets()
+            .filter(|t| !targets.contains(&t.owner))
+            .map(|t| u64::from(t.record.netns))
+            .filter(|ns| !scan.netns.contains_key(ns))
+            .collect();
+        orphaned.sort_unstable();
+        orphaned.dedup();
+        namespaces.extend(orphaned.into_iter().map(|ns| (ns, None)));
+        self.netns_files.retain(|ns, _| namespaces.iter().any(|(n, _)| n == ns));
+
+        self.unread_netns.clear();
         let mut records = Vec::new();
-        for (ns, ns_pids) in &scan.netns {
-            let file = if Some(*ns) == self.own_netns {
-                None
-            } else {
-                let pid = ns_pids[0];
+        for (ns, pid) in namespaces {
+            if Some(ns) != self.own_netns
+                && let Some(pid) = pid
+            {
                 match target::open_netns(pid) {
-                    Ok(f) => Some(f),
+                    Ok(f) => {
+                        self.netns_files.insert(ns, f);
+                    }
+                    // Exiting as we look: the handle kept from before still
+                    // reads the namespace it leaves behind.
+                    Err(_) if self.netns_files.contains_key(&ns) => {}
                     Err(source) => {
                         self.metrics.sweep_errors.inc();
                         warn!("{}", SweepError::Netns { pid, source });
+                        self.unread_netns.insert(ns as u32);
                         continue;
                     }
                 }
+            }
+            let file = if Some(ns) == self.own_netns {
+                None
+            } else {
+                match self.netns_files.get(&ns) {
+                    Some(f) => Some(f),
+                    None => continue,
+                }
             };
             records.extend(if self.probes.sock_diag() {
-                diag::read_sockets(file.as_ref())?
+                diag::read_sockets(file)?
             } else {
-                let ebpf = self
-                    .probes
-                    .ebpf
-                    .as_mut()
-                    .ok_or(iter::IterError::NotLoaded)?;
-                iter::read_sockets(ebpf, file.as_ref())?
+                let ebpf = self.probes.ebpf.as_mut().ok_or(iter::IterError::NotLoaded)?;
+                iter::read_sockets(ebpf, file)?
             });
         }
         Ok(records)

@@ -145,3 +145,40 @@ fn every_class_holds_per_socket_on_every_sweep() {
     assert!(after.0 > kernel_before, "the kernel retransmitted meanwhile");
     assert_eq!(after.1 - ours_before, after.0 - kernel_before, "observer_retransmits_total vs TcpRetransSegs");
 }
+
+#[test]
+fn a_crashed_workers_orphans_stay_its_zombies() {
+    require_root();
+    let lab = start_lab(&[
+        "--server-comm", "obscrashsrv", "--allow-server-exit", "--healthy", "1", "--vanish", "2", "--orphan", "1",
+        "--orphan-close-after-ms", "2000", "--duration-secs", "120",
+    ]);
+    let ns = lab.server_netns.clone().expect("server namespace");
+    let mut args = vec!["--comm", "obscrashsrv", "--no-pin"];
+    args.extend_from_slice(FAST);
+    let obs = start_observer(&args);
+    wait_for(Duration::from_secs(40), "the dead peers and the orphan", || {
+        let look = next_look(&obs, 0, Some(&ns), None);
+        (look.count("dead_peer") == 2 && look.count("orphaned") == 1).then_some(())
+    });
+    // The worker crashes: the kernel closes every socket it held, and those
+    // with data queued to vanished peers become orphans that retransmit on.
+    // SAFETY: the server is this test's lab's child, signalled by PID.
+    unsafe { libc::kill(lab.server_pid as libc::pid_t, libc::SIGKILL) };
+    let crashed = lab.server_pid;
+    wait_for(Duration::from_secs(20), "the crash's orphans classified", || {
+        let look = next_look(&obs, 0, Some(&ns), None);
+        (look.count("orphaned") == 3 && metric(&look.metrics, "observer_target_up") == 0.0).then_some(())
+    });
+    every_sweep(&obs, 10, Some(&ns), |look| {
+        assert_eq!(metric(&look.metrics, "observer_target_up"), 0.0);
+        for s in look.stable().filter(|s| s.state != "TIME-WAIT" && s.state != "LISTEN") {
+            assert!(s.pids.is_empty(), "no process holds {s:?} after the crash");
+            let role = lab.role_of(&s.peer).expect("a role");
+            let want = if role == "healthy" { "healthy" } else { "orphaned" };
+            assert_eq!(look.class_of(&s.local, &s.peer), want, "sweep {}: {role} {s:?}", look.sweep);
+        }
+        assert_eq!(look.count("orphaned"), 3, "sweep {}", look.sweep);
+        assert!(look.sockets.iter().all(|l| l.pid == crashed), "sweep {}: attributed to the crashed worker", look.sweep);
+    });
+}

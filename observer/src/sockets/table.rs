@@ -94,6 +94,8 @@ pub struct SocketTable {
     disowned: HashSet<u64>,
     /// What a previous observer knew (`--state-file`), taken at first sight.
     seeds: HashMap<u64, Seed>,
+    /// Namespaces the next sweep could not read: their sockets stay as they were.
+    unread: HashSet<u32>,
 }
 
 /// Aggregates over the table for one set of owners.
@@ -159,6 +161,12 @@ impl SocketTable {
     pub fn seed(&mut self, seeds: HashMap<u64, Seed>) {
         self.known_owners.extend(seeds.values().map(|s| s.owner));
         self.seeds = seeds;
+    }
+
+    /// Namespaces the coming sweep could not read (entering one failed):
+    /// its sockets are kept as last seen rather than dropped as gone.
+    pub fn keep_unread(&mut self, netns: &HashSet<u32>) {
+        self.unread.clone_from(netns);
     }
 
     /// Whether a socket the probes attribute to a target has a file that
@@ -267,7 +275,8 @@ impl SocketTable {
                 },
             );
         }
-        self.socks.retain(|_, t| t.seen == generation);
+        let unread = std::mem::take(&mut self.unread);
+        self.socks.retain(|_, t| t.seen == generation || unread.contains(&t.record.netns));
         // A seed not matched at the first sweep is of a socket that is gone.
         self.seeds.clear();
         let owning: HashSet<u32> = self.socks.values().map(|t| t.owner).collect();

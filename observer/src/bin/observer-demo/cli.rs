@@ -187,6 +187,15 @@ pub struct LabArgs {
     /// vanishing done with per-port nft rules on lo; tcp_rmem/tcp_retries2 untouched).
     #[arg(long)]
     pub server_loopback: bool,
+    /// Run the server from a copy of this executable named NAME, so its
+    /// process name (`/proc/PID/comm`) is NAME and `--comm NAME` matches the
+    /// server only, never the clients.
+    #[arg(long, value_name = "NAME")]
+    pub server_comm: Option<String>,
+    /// Keep running (and keep the namespaces) when the server exits or is
+    /// killed: its orphaned sockets live on in its namespace.
+    #[arg(long)]
+    pub allow_server_exit: bool,
     /// Also write the server PID to this file (removed again on cleanup).
     #[arg(long, value_name = "PATH")]
     pub server_pid_file: Option<PathBuf>,

@@ -47,7 +47,21 @@ pub fn run(args: &LabArgs) -> Result<()> {
             res.loop_table = Some(table);
         }
     }
-    let (server_pid, port) = start_server(&mut res, &topo, &exe, args)?;
+    let server_exe = match &args.server_comm {
+        Some(name) => {
+            if name.is_empty() || name.len() > 15 || name.contains('/') {
+                bail!("--server-comm {name:?}: 1 to 15 characters, no '/' (the kernel keeps 15 of a process name)");
+            }
+            let dir = std::env::temp_dir().join(format!("{}-{pid}-exe", args.name));
+            std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            res.exe_dir = Some(dir.clone());
+            let copy = dir.join(name);
+            std::fs::copy(&exe, &copy).with_context(|| format!("cannot copy the executable to {}", copy.display()))?;
+            copy
+        }
+        None => exe.clone(),
+    };
+    let (server_pid, port) = start_server(&mut res, &topo, &server_exe, args)?;
     if let Some(path) = &args.server_pid_file {
         std::fs::write(path, format!("{server_pid}\n"))
             .with_context(|| format!("cannot write {}", path.display()))?;
@@ -103,7 +117,7 @@ pub fn run(args: &LabArgs) -> Result<()> {
     drop(out);
     summary(&topo, server_pid, port, &groups, args);
 
-    let outcome = wait(&mut res, args.duration_secs.map(Duration::from_secs), later);
+    let outcome = wait(&mut res, args.duration_secs.map(Duration::from_secs), later, args.allow_server_exit);
     eprintln!("lab: cleaning up");
     drop(res);
     eprintln!("lab: done");
@@ -276,7 +290,12 @@ fn summary(topo: &Topology, server_pid: u32, port: u16, groups: &[ClientGroup], 
 }
 
 /// Waits for the duration or a stop signal; fails if a child dies meanwhile.
-fn wait(res: &mut Resources, duration: Option<Duration>, mut later: Vec<(Instant, String)>) -> Result<()> {
+fn wait(
+    res: &mut Resources,
+    duration: Option<Duration>,
+    mut later: Vec<(Instant, String)>,
+    allow_server_exit: bool,
+) -> Result<()> {
     let deadline = duration.map(|d| Instant::now() + d);
     loop {
         for (_, ns) in later.iter().filter(|(at, _)| Instant::now() >= *at) {
@@ -291,7 +310,8 @@ fn wait(res: &mut Resources, duration: Option<Duration>, mut later: Vec<(Instant
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(());
         }
-        for p in res.server.iter_mut().chain(res.clients.iter_mut()) {
+        let server = res.server.iter_mut().filter(|_| !allow_server_exit);
+        for p in server.chain(res.clients.iter_mut()) {
             if let Some(status) = p.exited() {
                 bail!(
                     "{} (pid {}) exited unexpectedly ({status})",

@@ -18,6 +18,8 @@ pub struct Resources {
     /// Loopback-mode nft table.
     pub loop_table: Option<String>,
     pub pid_file: Option<PathBuf>,
+    /// Directory holding a renamed copy of the server executable.
+    pub exe_dir: Option<PathBuf>,
 }
 
 impl Resources {
@@ -41,6 +43,10 @@ impl Resources {
             if let Err(e) = netns::delete(&ns) {
                 eprintln!("lab: cleanup: {e:#}");
             }
+        }
+        if let Some(dir) = self.exe_dir.take() {
+            std::fs::remove_dir_all(&dir)
+                .unwrap_or_else(|e| eprintln!("lab: cleanup: removing {}: {e}", dir.display()));
         }
         if let Some(path) = self.pid_file.take() {
             std::fs::remove_file(&path)
