@@ -7,6 +7,27 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::probes::plan::{Hook, Method};
 
+/// What each class means; `run --help`, `top --help` and the README say the same.
+pub const CLASSES: &str = "Classes:
+  dead_peer   data outstanding to the peer and nothing heard back for --dead-after:
+              unacknowledged data retransmitted with no ACK progress and no ACK at all (RTO
+              case), or a zero-window probe left unanswered past the socket's RTO with no ACK
+              for --dead-after (a live reader answers every probe at once). Never a
+              connection still in SYN_SENT or SYN_RECV.
+  orphaned    no file holds the socket (the app closed it), data is still queued, and it
+              makes no progress for --dead-after by the same evidence. An orphan draining to
+              a live reader, or a FIN awaiting its ACK, is only a state (fin_wait1, last_ack).
+              It counts for the process that closed it, also after that process exits.
+  close_wait  in CLOSE_WAIT (the peer closed, the app did not) for --close-wait-after,
+              dated from the peer's FIN.
+  stalled     zero_window: a live peer that reads too slowly (zero window, its probes
+              answered) for --stall-after. connect: an outbound connect unanswered for
+              --stall-after.
+
+Every age may be understated (a socket first seen mid-stall is dated from the kernel's own
+stamps), never overstated. GET /sockets lists the sockets behind every count by address,
+pid and inode.";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "observer",
@@ -15,9 +36,8 @@ use crate::probes::plan::{Hook, Method};
     long_about = "Finds the dead and stalled TCP sockets of a server process, and the bytes stuck in them, \
 from the kernel's own state, and serves them as Prometheus metrics next to the process's memory.\n\n\
 A WebSocket server whose memory climbs while its connection count looks flat usually holds \
-zombie sockets: peers that vanished without FIN/RST (dead_peer), peers that closed while the \
-app never did (close_wait), sockets the app closed with data still queued (orphaned), or live \
-peers that read too slowly (stalled, zero_window). Heap snapshots cannot see these; the kernel can.",
+zombie sockets. Heap snapshots cannot see these; the kernel can.",
+    after_long_help = CLASSES,
     after_help = "Examples:\n  observer run --pid 4242\n  observer run --comm node --listen 127.0.0.1:9477 --dead-after 5\n  observer check --verify"
 )]
 pub struct Cli {
@@ -27,9 +47,11 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Attach to the kernel, watch a target process, serve /metrics and /healthz.
+    /// Attach to the kernel, watch a target process, serve /metrics, /sockets and /healthz.
+    #[command(after_long_help = CLASSES)]
     Run(RunArgs),
     /// Live terminal view of the target's sockets, worst first (quit with q).
+    #[command(after_long_help = CLASSES)]
     Top(TopArgs),
     /// Print what this kernel offers and which attach method each hook would use.
     Check(CheckArgs),
@@ -132,14 +154,19 @@ pub struct SweepArgs {
     /// Seconds between reconciliation sweeps against the kernel's socket table.
     #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = parse_interval, allow_hyphen_values = true)]
     pub interval: Duration,
-    /// A socket with unacknowledged data, no ACK progress for this long and the
-    /// kernel retransmitting with backoff is a `dead_peer` zombie.
+    /// Silence after which a peer is gone: a connection with data outstanding
+    /// that hears nothing back this long (unacknowledged data retransmitted with
+    /// no ACK, or a zero-window probe unanswered past its RTO and no ACK this
+    /// long) is a `dead_peer` zombie; an app-closed socket as stuck is `orphaned`.
     #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = parse_threshold, allow_hyphen_values = true)]
     pub dead_after: Duration,
-    /// A socket in CLOSE_WAIT this long (peer closed, app did not) is a `close_wait` zombie.
+    /// A socket in CLOSE_WAIT this long after the peer's FIN (peer closed, app did
+    /// not) is a `close_wait` zombie.
     #[arg(long, default_value = "30", value_name = "SECONDS", value_parser = parse_threshold, allow_hyphen_values = true)]
     pub close_wait_after: Duration,
-    /// A peer advertising a zero window this long, while the kernel probes it, is `stalled`.
+    /// A live peer advertising a zero window this long (its probes answered) is
+    /// stalled `zero_window`; an outbound connect unanswered this long is stalled
+    /// `connect`.
     #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = parse_threshold, allow_hyphen_values = true)]
     pub stall_after: Duration,
     /// Capacity of the kernel's table of tracked sockets (LRU beyond it; evictions are counted).
