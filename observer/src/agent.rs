@@ -91,16 +91,22 @@ pub enum SweepError {
     Diag(#[from] diag::DiagError),
     #[error("opening network namespace of pid {pid}: {source}")]
     Netns { pid: u32, source: std::io::Error },
+    #[error("map {op}: {reason}")]
+    Map { op: &'static str, reason: String },
 }
 
 /// Kernel memory of the BPF maps this process holds, from its own fdinfo
 /// (`memlock:` of every fd that is a map).
 pub fn own_map_memory() -> u64 {
-    let Ok(fds) = std::fs::read_dir("/proc/self/fdinfo") else { return 0 };
+    let Ok(fds) = std::fs::read_dir("/proc/self/fdinfo") else {
+        return 0;
+    };
     fds.flatten()
         .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
         .filter(|info| info.contains("map_type:"))
-        .filter_map(|info| info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse::<u64>().ok()))
+        .filter_map(|info| {
+            info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse::<u64>().ok())
+        })
         .sum()
 }
 
@@ -132,11 +138,8 @@ impl Agent {
         metrics: Metrics,
         shared: Arc<Shared>,
     ) -> Result<Self, ProbeError> {
-        let (maps, tick) = if probes.sock_diag() {
-            (None, diag::TICK_NS)
-        } else {
-            (Some(KernelMaps::take(&mut probes)?), jiffy_ns())
-        };
+        let (maps, tick) =
+            if probes.sock_diag() { (None, diag::TICK_NS) } else { (Some(KernelMaps::take(&mut probes)?), jiffy_ns()) };
         Ok(Agent {
             probes,
             maps,
@@ -176,6 +179,30 @@ impl Agent {
                 std::thread::sleep(Duration::from_millis(20).min(deadline.saturating_duration_since(Instant::now())));
             }
         }
+    }
+
+    /// The kernel operations every sweep performs, once, with no effect on
+    /// the agent's state: create the socket iterator's link and read it (or
+    /// dump sock_diag), and look up, update and delete a map entry under a
+    /// key no process can have. Lets the privilege drop find out what this
+    /// kernel's `bpf()` asks of a caller that only holds fds.
+    pub fn probe_kernel_access(&mut self) -> Result<(), SweepError> {
+        if self.probes.sock_diag() {
+            diag::read_sockets(None)?;
+            return Ok(());
+        }
+        let ebpf = self.probes.ebpf.as_mut().ok_or(iter::IterError::NotLoaded)?;
+        iter::read_sockets(ebpf, None)?;
+        let Some(maps) = self.maps.as_mut() else {
+            return Ok(());
+        };
+        // PIDs stop at 2^22: this key is never a target.
+        const NO_PID: u32 = u32::MAX;
+        let map_err = |op: &'static str| move |e: aya::maps::MapError| SweepError::Map { op, reason: e.to_string() };
+        maps.tgids.insert(NO_PID, 0, 0).map_err(map_err("update"))?;
+        let looked_up = maps.tgids.get(&NO_PID, 0).map_err(map_err("lookup"));
+        let removed = maps.tgids.remove(&NO_PID).map_err(map_err("delete"));
+        looked_up.and(removed)
     }
 
     /// Whether any target lives in another network namespace than ours.
@@ -288,7 +315,9 @@ impl Agent {
     }
 
     fn purge_stale(&mut self, records: &[observer_common::SockRecord]) {
-        let Some(maps) = self.maps.as_mut() else { return };
+        let Some(maps) = self.maps.as_mut() else {
+            return;
+        };
         let alive: HashSet<u64> = records.iter().map(|r| r.sk).collect();
         let stale: Vec<u64> = maps.socks.keys().filter_map(Result::ok).filter(|sk| !alive.contains(sk)).collect();
         for sk in &stale {
@@ -298,7 +327,9 @@ impl Agent {
     }
 
     fn sync_tgids(&mut self, pids: &[u32]) {
-        let Some(maps) = self.maps.as_mut() else { return };
+        let Some(maps) = self.maps.as_mut() else {
+            return;
+        };
         let want: HashSet<u32> = pids.iter().copied().collect();
         for gone in self.tgids.difference(&want).copied().collect::<Vec<_>>() {
             let _ = maps.tgids.remove(&gone);
@@ -312,7 +343,9 @@ impl Agent {
     }
 
     fn sync_ports(&mut self, want: HashMap<(u32, u16), u32>) {
-        let Some(maps) = self.maps.as_mut() else { return };
+        let Some(maps) = self.maps.as_mut() else {
+            return;
+        };
         let key = |(netns, port): (u32, u16)| PortKey { netns, port, _pad: 0 };
         for (k, _) in self.ports.iter().filter(|(k, _)| !want.contains_key(k)) {
             let _ = maps.ports.remove(&key(*k));
@@ -328,7 +361,9 @@ impl Agent {
     /// Adds what the kernel counted since the last sweep; forgets processes
     /// that are no longer targets after taking their final counts.
     fn collect_counters(&mut self, targets: &HashSet<u32>) {
-        let Some(maps) = self.maps.as_mut() else { return };
+        let Some(maps) = self.maps.as_mut() else {
+            return;
+        };
         let known: HashSet<u32> = self.last_counters.keys().copied().chain(targets.iter().copied()).collect();
         for pid in known {
             let now = match maps.counters.get(&pid, 0) {
@@ -362,9 +397,13 @@ impl Agent {
     }
 
     fn collect_drops(&mut self) {
-        let Some(maps) = self.maps.as_ref() else { return };
+        let Some(maps) = self.maps.as_ref() else {
+            return;
+        };
         for reason in 0..drop_reason::COUNT {
-            let Ok(per_cpu) = maps.drops.get(&reason, 0) else { continue };
+            let Ok(per_cpu) = maps.drops.get(&reason, 0) else {
+                continue;
+            };
             let total: u64 = per_cpu.iter().sum();
             let slot = &mut self.last_drops[reason as usize];
             self.metrics.add_dropped(reason as usize, total.saturating_sub(*slot));
