@@ -52,6 +52,26 @@ pub enum Command {
     /// process still inside them: SIGTERM, then SIGKILL) and loopback-mode nft
     /// tables `observer_demo_<PREFIX>*`.
     Cleanup(CleanupArgs),
+    /// Run a command as another user with exactly the given capabilities
+    /// (permitted, effective, inheritable and ambient), after raising
+    /// RLIMIT_MEMLOCK. Needs root. For test guests without `setpriv`.
+    AsUser(AsUserArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct AsUserArgs {
+    /// User id to become (65534 = nobody).
+    #[arg(long, default_value_t = 65534)]
+    pub uid: u32,
+    /// Group id to become (65534 = nogroup).
+    #[arg(long, default_value_t = 65534)]
+    pub gid: u32,
+    /// Comma-separated capabilities to keep, e.g. `bpf,perfmon,sys_ptrace`.
+    #[arg(long, default_value = "")]
+    pub caps: String,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
 }
 
 /// Server behaviour, shared by `server` and `lab`.
