@@ -108,6 +108,8 @@ pub enum SweepError {
     Diag(#[from] diag::DiagError),
     #[error("opening network namespace of pid {pid}: {source}")]
     Netns { pid: u32, source: std::io::Error },
+    #[error("map {op}: {reason}")]
+    Map { op: &'static str, reason: String },
 }
 
 /// Kernel memory of the BPF maps this process holds, from its own fdinfo
@@ -161,11 +163,8 @@ impl Agent {
         metrics: Metrics,
         shared: Arc<Shared>,
     ) -> Result<Self, ProbeError> {
-        let (maps, tick) = if probes.sock_diag() {
-            (None, diag::TICK_NS)
-        } else {
-            (Some(KernelMaps::take(&mut probes)?), jiffy_ns())
-        };
+        let (maps, tick) =
+            if probes.sock_diag() { (None, diag::TICK_NS) } else { (Some(KernelMaps::take(&mut probes)?), jiffy_ns()) };
         Ok(Agent {
             probes,
             maps,
@@ -214,6 +213,30 @@ impl Agent {
                 );
             }
         }
+    }
+
+    /// The kernel operations every sweep performs, once, with no effect on
+    /// the agent's state: create the socket iterator's link and read it (or
+    /// dump sock_diag), and look up, update and delete a map entry under a
+    /// key no process can have. Lets the privilege drop find out what this
+    /// kernel's `bpf()` asks of a caller that only holds fds.
+    pub fn probe_kernel_access(&mut self) -> Result<(), SweepError> {
+        if self.probes.sock_diag() {
+            diag::read_sockets(None)?;
+            return Ok(());
+        }
+        let ebpf = self.probes.ebpf.as_mut().ok_or(iter::IterError::NotLoaded)?;
+        iter::read_sockets(ebpf, None)?;
+        let Some(maps) = self.maps.as_mut() else {
+            return Ok(());
+        };
+        // PIDs stop at 2^22: this key is never a target.
+        const NO_PID: u32 = u32::MAX;
+        let map_err = |op: &'static str| move |e: aya::maps::MapError| SweepError::Map { op, reason: e.to_string() };
+        maps.tgids.insert(NO_PID, 0, 0).map_err(map_err("update"))?;
+        let looked_up = maps.tgids.get(&NO_PID, 0).map_err(map_err("lookup"));
+        let removed = maps.tgids.remove(&NO_PID).map_err(map_err("delete"));
+        looked_up.and(removed)
     }
 
     /// Whether any target lives in another network namespace than ours.

@@ -108,10 +108,8 @@ fn run(args: RunArgs) -> Result<()> {
     // Validate the target before binding, and bind before loading anything,
     // so typos and busy ports fail fast and cleanly.
     target::validate(&args.target.selector()).context("target")?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(args.listen))
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -154,11 +152,7 @@ fn run(args: RunArgs) -> Result<()> {
     // A target picked by name may (re)start in another network namespace;
     // one picked by PID stays where it is.
     let setns = matches!(selector, target::Selector::Comm(_)) || agent.needs_setns();
-    match privileges::drop_unneeded(setns) {
-        Ok(dropped) if !dropped.is_empty() => info!("dropped {} capabilities not needed after start-up", dropped.len()),
-        Ok(_) => {}
-        Err(e) => warn!("{e}"),
-    }
+    drop_privileges(&mut agent, setns);
     let stop = Arc::new(AtomicBool::new(false));
     let sweeper = {
         let (stop, interval) = (stop.clone(), args.sweep.interval);
@@ -189,6 +183,40 @@ fn run(args: RunArgs) -> Result<()> {
         p.remove();
     }
     Ok(())
+}
+
+/// Gives up the capabilities sweeps do not need, after finding out which
+/// ones this kernel's `bpf()` still asks for (see `privileges`). A failure
+/// is logged, not fatal: the agent then runs with what it has.
+fn drop_privileges(agent: &mut Agent, setns: bool) {
+    let plan = match privileges::choose(setns, &mut || agent.probe_kernel_access()) {
+        Ok(plan) => plan,
+        Err(e) => {
+            // Without the probe's answer, drop as planned: sweeps may then
+            // fail on an old kernel, which they report, but nothing more is kept.
+            warn!("probing what sweeps need failed ({e}); dropping as planned");
+            privileges::Plan { keep: privileges::keep(setns), extra: Vec::new(), why: "the plan (not probed)".into() }
+        }
+    };
+    if plan.extra.is_empty() {
+        info!("keeping capabilities {}: {}", privileges::names(&plan.keep), plan.why);
+    } else {
+        let extra: caps::CapsHashSet = plan.extra.iter().copied().collect();
+        info!(
+            "keeping capabilities {} ({} beyond the plan: {})",
+            privileges::names(&plan.keep),
+            privileges::names(&extra),
+            plan.why
+        );
+    }
+    match privileges::drop_to(&plan.keep) {
+        Ok(d) => info!(
+            "dropped {} capabilities not needed after start-up; no_new_privs set; bounding set {}",
+            d.dropped.len(),
+            if d.bounding_trimmed { "trimmed to the kept ones" } else { "left as is (no CAP_SETPCAP)" }
+        ),
+        Err(e) => warn!("dropping capabilities: {e}"),
+    }
 }
 
 async fn shutdown_signal() {
@@ -231,10 +259,14 @@ fn check(args: CheckArgs) -> Result<()> {
     println!("attach plan on this kernel:");
     let mut missing_required = Vec::new();
     for hook in Hook::ALL {
-        let Some(c) = probes.choices.iter().find(|c| c.hook == hook) else { continue };
+        let Some(c) = probes.choices.iter().find(|c| c.hook == hook) else {
+            continue;
+        };
         match c.method {
             Some(m) => println!("  {:<10} {:<14} {}", hook.name(), m.name(), c.target),
-            None if probes.sock_diag() => println!("  {:<10} {:<14} (no eBPF: sockets polled through sock_diag)", hook.name(), "none"),
+            None if probes.sock_diag() => {
+                println!("  {:<10} {:<14} (no eBPF: sockets polled through sock_diag)", hook.name(), "none")
+            }
             None => {
                 println!("  {:<10} {:<14} ({})", hook.name(), "none", loader::describe_rejections(&c.rejected));
                 if hook.required() {

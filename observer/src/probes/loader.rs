@@ -80,8 +80,12 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
                 Ok(probes)
             }
             Err(d) => Err(match e {
-                ProbeError::Permission(s) => ProbeError::Permission(format!("{s}; the sock_diag fallback failed too: {d}")),
-                ProbeError::Unsupported(s) => ProbeError::Unsupported(format!("{s}; the sock_diag fallback failed too: {d}")),
+                ProbeError::Permission(s) => {
+                    ProbeError::Permission(format!("{s}; the sock_diag fallback failed too: {d}"))
+                }
+                ProbeError::Unsupported(s) => {
+                    ProbeError::Unsupported(format!("{s}; the sock_diag fallback failed too: {d}"))
+                }
                 other => other,
             }),
         },
@@ -125,12 +129,15 @@ fn kernel_facts(opts: &LoadOptions) -> Result<(Capabilities, Offsets, AyaBtf), P
 /// attach otherwise, which the plan handles like any other refusal).
 fn kernel_offsets(btf: &btf_rs::Btf, caps: &Capabilities) -> Result<Offsets, ProbeError> {
     let mut o = offsets::resolve(btf)?;
+    if o.icsk_probes_tstamp == 0 {
+        log::warn!(
+            "kernel BTF has no inet_connection_sock.icsk_probes_tstamp (added in 5.12): zero-window stalls \
+             are dated from when the observer first sees them, not from the first probe"
+        );
+    }
     if caps.tracefs {
         let field = |cat: &str, ev: &str, name: &str| -> u32 {
-            tracefs::read_format(cat, ev)
-                .ok()
-                .and_then(|fields| tracefs::field_offset(&fields, name).ok())
-                .unwrap_or(0)
+            tracefs::read_format(cat, ev).ok().and_then(|fields| tracefs::field_offset(&fields, name).ok()).unwrap_or(0)
         };
         o.tp_state_skaddr = field("sock", "inet_sock_set_state", "skaddr");
         o.tp_state_oldstate = field("sock", "inet_sock_set_state", "oldstate");
@@ -148,33 +155,46 @@ fn kernel_offsets(btf: &btf_rs::Btf, caps: &Capabilities) -> Result<Offsets, Pro
     Ok(o)
 }
 
+/// Kernels before 5.11 charge BPF maps against RLIMIT_MEMLOCK (64 KiB by
+/// default before 5.16), even for root: raise it where allowed
+/// (CAP_SYS_RESOURCE), as far as the hard limit otherwise. Later kernels
+/// charge the memory cgroup instead and ignore the limit, so a refusal is
+/// no error.
+fn raise_memlock() {
+    let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit/getrlimit with valid pointers; affects only this process.
+    unsafe {
+        if libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) == 0 {
+            return;
+        }
+        let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut cur) == 0 && cur.rlim_cur < cur.rlim_max {
+            cur.rlim_cur = cur.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_MEMLOCK, &cur);
+        }
+    }
+}
+
 fn load_bpf(opts: &LoadOptions) -> Result<Probes, ProbeError> {
     let (caps, offsets, aya_btf) = kernel_facts(opts)?;
+    raise_memlock();
 
     let mut loader = EbpfLoader::new();
-    loader
-        .btf(Some(&aya_btf))
-        .override_global("OFFSETS", &offsets, true)
-        .map_max_entries("SOCKS", opts.max_sockets);
-    let pin_paths: Vec<(&str, PathBuf)> = opts
-        .pins
-        .iter()
-        .flat_map(|p| super::pins::PINNED_MAPS.map(|m| (m, p.path.join(m))))
-        .collect();
+    loader.btf(Some(&aya_btf)).override_global("OFFSETS", &offsets, true).map_max_entries("SOCKS", opts.max_sockets);
+    let pin_paths: Vec<(&str, PathBuf)> =
+        opts.pins.iter().flat_map(|p| super::pins::PINNED_MAPS.map(|m| (m, p.path.join(m)))).collect();
     for (name, path) in &pin_paths {
         loader.map_pin_path(name, path.as_path());
     }
-    let mut ebpf = loader
-        .load(OBJECT)
-        .map_err(|e| {
-            if is_permission_denied(&e) {
-                ProbeError::Permission(chain(&e))
-            } else if has_errno(&e, &[libc::ENOSYS, libc::EINVAL]) {
-                ProbeError::Unsupported(chain(&e))
-            } else {
-                ProbeError::Object(chain(&e))
-            }
-        })?;
+    let mut ebpf = loader.load(OBJECT).map_err(|e| {
+        if is_permission_denied(&e) {
+            ProbeError::Permission(chain(&e))
+        } else if has_errno(&e, &[libc::ENOSYS, libc::EINVAL]) {
+            ProbeError::Unsupported(chain(&e))
+        } else {
+            ProbeError::Object(chain(&e))
+        }
+    })?;
 
     // The iterator first: the `sweep` fallback of other hooks relies on it.
     let order = [Hook::Sockets, Hook::State, Hook::Send, Hook::Close, Hook::Timer, Hook::Retransmit];
@@ -197,11 +217,11 @@ fn load_bpf(opts: &LoadOptions) -> Result<Probes, ProbeError> {
                 // keeping then, the object is dropped with everything in it.
                 Method::SockDiag if opts.fallback => {
                     let why = describe_rejections(&choice.rejected);
-                    log::warn!("socket iterator unavailable ({why}); polling sock_diag instead, without event counters");
-                    return sock_diag_only(opts, why.clone()).map_err(|e| ProbeError::RequiredHook {
-                        hook,
-                        tried: format!("{why}; sock_diag: {e}"),
-                    });
+                    log::warn!(
+                        "socket iterator unavailable ({why}); polling sock_diag instead, without event counters"
+                    );
+                    return sock_diag_only(opts, why.clone())
+                        .map_err(|e| ProbeError::RequiredHook { hook, tried: format!("{why}; sock_diag: {e}") });
                 }
                 Method::SockDiag => Err("not tried: --fallback none".to_string()),
                 _ => try_attach(&mut ebpf, attach, &aya_btf, &offsets),
@@ -353,6 +373,7 @@ pub type Verdicts = Vec<(&'static Attach, Result<(), String>)>;
 /// once; each program appears in one plan row only, so each loads once.
 pub fn verify_all(opts: &LoadOptions) -> Result<Verdicts, ProbeError> {
     let (_, offsets, aya_btf) = kernel_facts(opts)?;
+    raise_memlock();
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&aya_btf))
         .override_global("OFFSETS", &offsets, true)

@@ -61,6 +61,10 @@ pub enum Command {
     /// The keeper `handoff` starts: holds what it is given. Not for direct use.
     #[command(hide = true)]
     Keep(KeepArgs),
+    /// Run a command as another user with exactly the given capabilities
+    /// (permitted, effective, inheritable and ambient), after raising
+    /// RLIMIT_MEMLOCK. Needs root. For test guests without `setpriv`.
+    AsUser(AsUserArgs),
 }
 
 #[derive(Args, Debug)]
@@ -81,6 +85,22 @@ pub struct KeepArgs {
     /// Unix socket to receive file descriptors on.
     #[arg(long)]
     pub fd: i32,
+}
+
+#[derive(Args, Debug)]
+pub struct AsUserArgs {
+    /// User id to become (65534 = nobody).
+    #[arg(long, default_value_t = 65534)]
+    pub uid: u32,
+    /// Group id to become (65534 = nogroup).
+    #[arg(long, default_value_t = 65534)]
+    pub gid: u32,
+    /// Comma-separated capabilities to keep, e.g. `bpf,perfmon,sys_ptrace`.
+    #[arg(long, default_value = "")]
+    pub caps: String,
+    /// The command and its arguments.
+    #[arg(trailing_var_arg = true, required = true, allow_hyphen_values = true)]
+    pub command: Vec<String>,
 }
 
 /// Server behaviour, shared by `server` and `lab`.

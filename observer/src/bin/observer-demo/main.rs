@@ -2,6 +2,7 @@
 //! `observer` has real zombie and stalled TCP sockets to find.
 //! Self-contained: uses only std, clap, libc and anyhow (not the observer crate).
 
+mod asuser;
 mod child;
 mod cleanup;
 mod cli;
@@ -34,6 +35,7 @@ fn main() {
         Command::Cleanup(args) => cleanup::run(args),
         Command::Handoff(args) => handoff::run(args),
         Command::Keep(args) => handoff::keep(args),
+        Command::AsUser(args) => asuser::run(args),
     };
     if let Err(e) = result {
         eprintln!("observer-demo: error: {e:#}");
