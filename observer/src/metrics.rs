@@ -126,7 +126,7 @@ impl Metrics {
         r.register_with_unit("target_rss_anon", "Anonymous resident memory of the target (RssAnon: heap and buffers), sampled at scrape time", Unit::Bytes, self.target_rss_anon.clone());
         r.register("tcp_sockets", "Target TCP sockets by state, orphans the target closed included", self.tcp_sockets.clone());
         r.register("zombie_sockets", "Target sockets that will never make progress: dead_peer, close_wait, orphaned", self.zombie_sockets.clone());
-        r.register("stalled_sockets", "Target sockets whose live peer reads too slowly (zero window)", self.stalled_sockets.clone());
+        r.register("stalled_sockets", "Target sockets stalled but not dead: zero_window (a live peer reads too slowly), connect (an outbound connect unanswered)", self.stalled_sockets.clone());
         r.register_with_unit("unsent", "Bytes written by the target that the kernel has not sent yet, over all its sockets", Unit::Bytes, self.unsent.clone());
         r.register_with_unit("unacked", "Bytes sent but not acknowledged by the peer, over all target sockets", Unit::Bytes, self.unacked.clone());
         r.register_with_unit("send_queue", "Unsent plus unacked bytes (ss Send-Q), over all target sockets", Unit::Bytes, self.send_queue.clone());
