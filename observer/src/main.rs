@@ -99,6 +99,8 @@ fn run(args: RunArgs) -> Result<()> {
     target::validate(&args.target.selector()).context("target")?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // /proc reads of scrapes; they run one at a time anyway.
+        .max_blocking_threads(2)
         .build()
         .context("starting the async runtime")?;
     let listener = runtime
@@ -122,7 +124,11 @@ fn run(args: RunArgs) -> Result<()> {
     agent.max_pids = args.max_pids as usize;
     // Registered once the mode is known: without probes the event counters
     // are left out rather than shown as zeros.
-    let registry = metrics.register(agent.events_available());
+    let pss = target::procfs::smaps_rollup_supported();
+    if !pss {
+        warn!("this kernel has no /proc/PID/smaps_rollup (Linux 4.14+): observer_target_pss_bytes is not exported");
+    }
+    let registry = metrics.register(agent.events_available(), pss);
     let selector = agent.selector.clone();
     // Parsing BTF twice at start-up peaks far above what sweeps need; give
     // the freed heap back rather than carry it for the process's life.
@@ -150,13 +156,14 @@ fn run(args: RunArgs) -> Result<()> {
     };
 
     info!("watching {selector}; serving http://{}/metrics", args.listen);
-    let state = Arc::new(http::State {
+    let state = Arc::new(http::State::new(
         registry,
         metrics,
         shared,
-        stale_after: args.sweep.interval * 3 + Duration::from_secs(5),
-        max_pids: args.max_pids as usize,
-    });
+        args.sweep.interval * 3 + Duration::from_secs(5),
+        args.max_pids as usize,
+        pss,
+    ));
     runtime.block_on(async {
         tokio::select! {
             _ = http::serve(listener, state) => {}
