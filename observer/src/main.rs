@@ -112,8 +112,11 @@ fn run(args: RunArgs) -> Result<()> {
     let pins = if args.no_pin {
         None
     } else {
-        match pins::prepare(&args.pin_dir, &args.target.selector()) {
+        let layouts = loader::pinned_layouts(args.sweep.max_sockets).context("map layouts of the eBPF object")?;
+        match pins::prepare(&args.pin_dir, &args.target.selector(), &layouts) {
             Ok(p) => Some(p),
+            // A --pin-dir with someone else's files in it: the operator decides.
+            Err(e) if e.is_fatal() => return Err(e.into()),
             Err(e) => {
                 warn!("not pinning state across restarts: {e}");
                 None
