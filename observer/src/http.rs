@@ -154,9 +154,21 @@ pub async fn serve(listener: TcpListener, state: Arc<State>) {
         tokio::spawn(async move {
             // Until its first byte arrives a connection is only a socket and
             // this small task; hyper's read buffer comes with the request.
-            if !matches!(tokio::time::timeout(HEADER_TIMEOUT, stream.readable()).await, Ok(Ok(()))) {
-                debug!("closing {peer}: nothing sent within {HEADER_TIMEOUT:?}");
-                return;
+            // (A peek, not `readable()`: tokio may report a fresh socket
+            // readable before anything came, and a peek that finds nothing
+            // waits for real data.)
+            let mut first = [0u8; 1];
+            match tokio::time::timeout(HEADER_TIMEOUT, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => {
+                    debug!("{peer}: {e}");
+                    return;
+                }
+                Err(_) => {
+                    debug!("closing {peer}: nothing sent within {HEADER_TIMEOUT:?}");
+                    return;
+                }
             }
             // Boxed, so a waiting task does not reserve room for it.
             Box::pin(serve_connection(stream, state)).await;
