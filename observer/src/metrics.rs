@@ -112,10 +112,23 @@ pub struct Metrics {
 }
 
 /// Reasons of `observer_events_dropped_total`, kernel side first (indexed
-/// like `observer_common::drop_reason`), then the agent's own.
-pub const DROP_REASONS: [&str; 5] =
-    ["socket_map_full", "counter_map_full", "kernel_read_failed", "iterator_write_failed", "socket_map_evicted"];
+/// like `observer_common::drop_reason`), then the agent's own: sockets
+/// evicted from the full socket map, and failed inserts into the maps that
+/// tell the probes which processes (`TARGET_TGIDS`, retried every sweep and
+/// counted every time) and listening ports (`TARGET_PORTS`) are the
+/// target's. `COUNTERS` is filled by the kernel side: `counter_map_full`.
+pub const DROP_REASONS: [&str; 7] = [
+    "socket_map_full",
+    "counter_map_full",
+    "kernel_read_failed",
+    "iterator_write_failed",
+    "socket_map_evicted",
+    "pid_map_insert_failed",
+    "port_map_insert_failed",
+];
 pub const DROP_EVICTED: usize = 4;
+pub const DROP_PID_MAP: usize = 5;
+pub const DROP_PORT_MAP: usize = 6;
 
 impl Metrics {
     /// `events`: whether kernel events are observed at all. Without them
@@ -287,6 +300,8 @@ mod tests {
             "observer_connections_closed_total",
             "observer_tracked_sockets",
             "observer_events_dropped_total{reason=\"socket_map_full\"}",
+            "observer_events_dropped_total{reason=\"pid_map_insert_failed\"}",
+            "observer_events_dropped_total{reason=\"port_map_insert_failed\"}",
             "observer_sweep_duration_seconds",
             "observer_kernel_map_bytes",
         ] {
