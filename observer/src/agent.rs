@@ -484,8 +484,14 @@ impl Agent {
             self.tgids.remove(&gone);
         }
         for pid in want {
-            if !self.tgids.contains(&pid) && maps.tgids.insert(pid, 1, 0).is_ok() {
-                self.tgids.insert(pid);
+            if !self.tgids.contains(&pid) {
+                match maps.tgids.insert(pid, 1, 0) {
+                    Ok(()) => _ = self.tgids.insert(pid),
+                    Err(e) => {
+                        debug!("registering pid {pid} with the probes: {e}");
+                        self.metrics.add_dropped(metrics::DROP_PID_MAP, 1);
+                    }
+                }
             }
         }
     }
@@ -503,8 +509,11 @@ impl Agent {
             let _ = maps.ports.remove(&key(*k));
         }
         for (k, owner) in &want {
-            if self.ports.get(k) != Some(owner) {
-                let _ = maps.ports.insert(key(*k), *owner, 0);
+            if self.ports.get(k) != Some(owner)
+                && let Err(e) = maps.ports.insert(key(*k), *owner, 0)
+            {
+                debug!("registering listening port {} with the probes: {e}", k.1);
+                self.metrics.add_dropped(metrics::DROP_PORT_MAP, 1);
             }
         }
         self.ports = want;

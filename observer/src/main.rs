@@ -108,8 +108,12 @@ fn run(args: RunArgs) -> Result<()> {
     // Validate the target before binding, and bind before loading anything,
     // so typos and busy ports fail fast and cleanly.
     target::validate(&args.target.selector()).context("target")?;
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        // /proc reads of scrapes; they run one at a time anyway.
+        .max_blocking_threads(2)
+        .build()
+        .context("starting the async runtime")?;
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(args.listen))
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -119,8 +123,11 @@ fn run(args: RunArgs) -> Result<()> {
     let pins = if args.no_pin {
         None
     } else {
-        match pins::prepare(&args.pin_dir, &args.target.selector()) {
+        let layouts = loader::pinned_layouts(args.sweep.max_sockets).context("map layouts of the eBPF object")?;
+        match pins::prepare(&args.pin_dir, &args.target.selector(), &layouts) {
             Ok(p) => Some(p),
+            // A --pin-dir with someone else's files in it: the operator decides.
+            Err(e) if e.is_fatal() => return Err(e.into()),
             Err(e) => {
                 warn!("not pinning state across restarts: {e}");
                 None
@@ -139,7 +146,11 @@ fn run(args: RunArgs) -> Result<()> {
     agent.max_pids = args.max_pids as usize;
     // Registered once the mode is known: without probes the event counters
     // are left out rather than shown as zeros.
-    let registry = metrics.register(agent.events_available());
+    let pss = target::procfs::smaps_rollup_supported();
+    if !pss {
+        warn!("this kernel has no /proc/PID/smaps_rollup (Linux 4.14+): observer_target_pss_bytes is not exported");
+    }
+    let registry = metrics.register(agent.events_available(), pss);
     let selector = agent.selector.clone();
     // Parsing BTF twice at start-up peaks far above what sweeps need; give
     // the freed heap back rather than carry it for the process's life.
@@ -163,13 +174,14 @@ fn run(args: RunArgs) -> Result<()> {
     };
 
     info!("watching {selector}; serving http://{}/metrics", args.listen);
-    let state = Arc::new(http::State {
+    let state = Arc::new(http::State::new(
         registry,
         metrics,
         shared,
-        stale_after: args.sweep.interval * 3 + Duration::from_secs(5),
-        max_pids: args.max_pids as usize,
-    });
+        args.sweep.interval * 3 + Duration::from_secs(5),
+        args.max_pids as usize,
+        pss,
+    ));
     runtime.block_on(async {
         tokio::select! {
             _ = http::serve(listener, state) => {}

@@ -15,6 +15,7 @@ use prometheus_client::{
 use crate::{
     classify::{StallReason, ZombieReason},
     sockets::table::Summary,
+    target::MemorySample,
 };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -43,6 +44,7 @@ pub struct PidReasonLabel {
 #[derive(Clone, Default)]
 pub struct PerPid {
     pub rss: Family<PidLabel, Gauge>,
+    pub pss: Family<PidLabel, Gauge>,
     pub established: Family<PidLabel, Gauge>,
     pub zombies: Family<PidReasonLabel, Gauge>,
     pub send_queue: Family<PidLabel, Gauge>,
@@ -90,6 +92,7 @@ pub struct Metrics {
     pub target_processes: Gauge,
     pub target_rss: Gauge,
     pub target_rss_anon: Gauge,
+    pub target_pss: Gauge,
     pub tcp_sockets: Family<StateLabel, Gauge>,
     pub zombie_sockets: Family<ReasonLabel, Gauge>,
     pub stalled_sockets: Family<ReasonLabel, Gauge>,
@@ -109,21 +112,44 @@ pub struct Metrics {
 }
 
 /// Reasons of `observer_events_dropped_total`, kernel side first (indexed
-/// like `observer_common::drop_reason`), then the agent's own.
-pub const DROP_REASONS: [&str; 5] =
-    ["socket_map_full", "counter_map_full", "kernel_read_failed", "iterator_write_failed", "socket_map_evicted"];
+/// like `observer_common::drop_reason`), then the agent's own: sockets
+/// evicted from the full socket map, and failed inserts into the maps that
+/// tell the probes which processes (`TARGET_TGIDS`, retried every sweep and
+/// counted every time) and listening ports (`TARGET_PORTS`) are the
+/// target's. `COUNTERS` is filled by the kernel side: `counter_map_full`.
+pub const DROP_REASONS: [&str; 7] = [
+    "socket_map_full",
+    "counter_map_full",
+    "kernel_read_failed",
+    "iterator_write_failed",
+    "socket_map_evicted",
+    "pid_map_insert_failed",
+    "port_map_insert_failed",
+];
 pub const DROP_EVICTED: usize = 4;
+pub const DROP_PID_MAP: usize = 5;
+pub const DROP_PORT_MAP: usize = 6;
 
 impl Metrics {
     /// `events`: whether kernel events are observed at all. Without them
     /// (sock_diag mode) their counters are left out of the registry, so
-    /// they are absent rather than a misleading 0.
-    pub fn register(&self, events: bool) -> Registry {
+    /// they are absent rather than a misleading 0. `pss`: whether the kernel
+    /// has `/proc/PID/smaps_rollup` (4.14+); without it the PSS gauges are
+    /// absent for the same reason.
+    pub fn register(&self, events: bool, pss: bool) -> Registry {
         let mut r = Registry::with_prefix("observer");
         r.register("target_up", "1 while at least one target process exists", self.target_up.clone());
         r.register("target_processes", "Number of processes matched by the target selector", self.target_processes.clone());
         r.register_with_unit("target_rss", "Resident memory of the target (VmRSS), sampled at scrape time", Unit::Bytes, self.target_rss.clone());
         r.register_with_unit("target_rss_anon", "Anonymous resident memory of the target (RssAnon: heap and buffers), sampled at scrape time", Unit::Bytes, self.target_rss_anon.clone());
+        if pss {
+            r.register_with_unit(
+                "target_pss",
+                "Proportional resident memory of the target (Pss of smaps_rollup: shared pages divided among the processes mapping them), summed over its processes at scrape time",
+                Unit::Bytes,
+                self.target_pss.clone(),
+            );
+        }
         r.register("tcp_sockets", "Target TCP sockets by state, orphans the target closed included", self.tcp_sockets.clone());
         r.register("zombie_sockets", "Target sockets that will never make progress: dead_peer, close_wait, orphaned", self.zombie_sockets.clone());
         r.register("stalled_sockets", "Target sockets stalled but not dead: zero_window (a live peer reads too slowly), connect (an outbound connect unanswered)", self.stalled_sockets.clone());
@@ -148,6 +174,9 @@ impl Metrics {
         r.register_with_unit("kernel_map", "Kernel memory of the observer's BPF maps (memlock, as the kernel accounts it)", Unit::Bytes, self.kernel_map.clone());
         if let Some(p) = &self.per_pid {
             r.register_with_unit("process_rss", "Resident memory (VmRSS) of each target process, at scrape time", Unit::Bytes, p.rss.clone());
+            if pss {
+                r.register_with_unit("process_pss", "Proportional resident memory (Pss) of each target process, at scrape time", Unit::Bytes, p.pss.clone());
+            }
             r.register("process_established_sockets", "ESTABLISHED sockets of each target process", p.established.clone());
             r.register("process_zombie_sockets", "Zombie sockets of each target process, by reason", p.zombies.clone());
             r.register_with_unit("process_send_queue", "Unsent plus unacked bytes of each target process", Unit::Bytes, p.send_queue.clone());
@@ -210,6 +239,24 @@ impl Metrics {
         }
     }
 
+    /// Publishes the memory read at scrape time; per-process series are
+    /// replaced, so exited processes leave none behind.
+    pub fn publish_memory(&self, m: &MemorySample, max_pids: usize) {
+        self.target_rss.set(m.rss as i64);
+        self.target_rss_anon.set(m.rss_anon as i64);
+        self.target_pss.set(m.pss as i64);
+        let Some(per) = &self.per_pid else { return };
+        per.rss.clear();
+        per.pss.clear();
+        for p in m.each.iter().take(max_pids) {
+            let label = PidLabel { pid: p.pid };
+            per.rss.get_or_create(&label).set(p.rss as i64);
+            if let Some(pss) = p.pss {
+                per.pss.get_or_create(&label).set(pss as i64);
+            }
+        }
+    }
+
     pub fn add_dropped(&self, reason_index: usize, n: u64) {
         if n > 0
             && let Some(reason) = DROP_REASONS.get(reason_index)
@@ -232,10 +279,11 @@ mod tests {
     #[test]
     fn names_follow_conventions() {
         let m = Metrics::default();
-        let r = m.register(true);
+        let r = m.register(true, true);
         let text = encode(&r).expect("encodes");
         for name in [
             "observer_target_rss_bytes",
+            "observer_target_pss_bytes",
             "observer_target_up",
             "observer_tcp_sockets{state=\"close_wait\"}",
             "observer_zombie_sockets{reason=\"dead_peer\"}",
@@ -252,6 +300,8 @@ mod tests {
             "observer_connections_closed_total",
             "observer_tracked_sockets",
             "observer_events_dropped_total{reason=\"socket_map_full\"}",
+            "observer_events_dropped_total{reason=\"pid_map_insert_failed\"}",
+            "observer_events_dropped_total{reason=\"port_map_insert_failed\"}",
             "observer_sweep_duration_seconds",
             "observer_kernel_map_bytes",
         ] {
@@ -262,7 +312,7 @@ mod tests {
     #[test]
     fn publish_sets_sums_and_send_queue() {
         let m = Metrics::default();
-        let r = m.register(true);
+        let r = m.register(true, true);
         let mut s = Summary { unsent: 10, unacked: 5, tracked: 3, ..Default::default() };
         s.by_state.insert(8, 2);
         s.zombies.insert(ZombieReason::CloseWait, 2);
@@ -277,11 +327,32 @@ mod tests {
     #[test]
     fn without_events_their_counters_are_absent_not_zero() {
         let m = Metrics::default();
-        let text = encode(&m.register(false)).expect("encodes");
+        let text = encode(&m.register(false, false)).expect("encodes");
         for name in ["retransmits", "rto_timeouts", "zero_window_probes", "loss_probes", "connections_opened", "connections_closed"] {
             assert!(!text.contains(&format!("observer_{name}")), "{name} registered without events:\n{text}");
         }
         assert!(text.contains("\nobserver_send_queue_bytes 0\n"), "gauges stay");
+        assert!(!text.contains("observer_target_pss"), "no smaps_rollup, no PSS gauge:\n{text}");
+        assert!(text.contains("\nobserver_target_rss_bytes 0\n"));
         assert!(text.contains("\nobserver_zombie_sockets{reason=\"dead_peer\"} 0\n"));
+    }
+
+    #[test]
+    fn memory_is_published_per_pid_and_replaced() {
+        use crate::target::ProcMemory;
+        let m = Metrics { per_pid: Some(PerPid::default()), ..Metrics::default() };
+        let r = m.register(true, true);
+        let p = |pid, rss, pss| ProcMemory { pid, rss, rss_anon: rss / 2, pss };
+        let sample = MemorySample { each: vec![p(10, 400, Some(100)), p(11, 600, None)], rss: 1000, rss_anon: 500, pss: 100 };
+        m.publish_memory(&sample, 64);
+        let text = encode(&r).expect("encodes");
+        assert!(text.contains("\nobserver_target_pss_bytes 100\n"), "{text}");
+        assert!(text.contains("\nobserver_target_rss_bytes 1000\n"));
+        assert!(text.contains("\nobserver_process_pss_bytes{pid=\"10\"} 100\n"), "{text}");
+        assert!(text.contains("\nobserver_process_rss_bytes{pid=\"11\"} 600\n"));
+        assert!(!text.contains("observer_process_pss_bytes{pid=\"11\"}"), "unread PSS is absent, not 0");
+        m.publish_memory(&MemorySample { each: vec![p(11, 600, Some(300))], rss: 600, rss_anon: 300, pss: 300 }, 64);
+        let text = encode(&r).expect("encodes");
+        assert!(!text.contains("pid=\"10\""), "exited process left series behind:\n{text}");
     }
 }

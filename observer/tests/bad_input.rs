@@ -146,3 +146,53 @@ fn pid_from_another_pid_namespace() {
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     assert!(stderr.contains(&format!("no such process: {}", target.pid())), "stderr: {stderr}");
 }
+
+/// A scratch directory removed (after unmounting whatever the test put on
+/// it) when the test ends.
+struct Scratch(std::path::PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn mounted_at(path: &std::path::Path) -> Vec<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let p = path.display().to_string();
+    mounts.lines().filter(|l| l.split(' ').nth(4) == Some(p.as_str())).map(str::to_string).collect()
+}
+
+#[test]
+fn pin_dir_with_contents_is_never_mounted_over() {
+    require_root();
+    let target = sleeper();
+    let pid = target.pid().to_string();
+    let dir = Scratch(std::env::temp_dir().join(format!("obs-pins-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).expect("scratch dir");
+    let keep = dir.0.join("keep.txt");
+    std::fs::write(&keep, "not the observer's").expect("a file");
+    let d = dir.0.display().to_string();
+
+    // A plain directory with a file in it, as --pin-dir and as its parent.
+    for pin_dir in [d.clone(), format!("{d}/observer")] {
+        let args = ["run", "--pid", &pid, "--listen", "127.0.0.1:0", "--pin-dir", &pin_dir];
+        assert_one_line_error(&args, 1, &format!("{d} is not a bpf filesystem and is not empty"));
+        let (_, stderr) = run(&args);
+        assert!(stderr.contains("--no-pin") && stderr.contains("mount -t bpf"), "says what to do: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+        assert!(mounted_at(&dir.0).is_empty(), "nothing mounted on {d}");
+        assert!(keep.exists() && !dir.0.join("observer").exists(), "nothing created or removed");
+    }
+
+    // The same on a tmpfs with a file on it.
+    let status = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "obs-test", &d]).status().expect("mount tmpfs");
+    assert!(status.success());
+    std::fs::write(&keep, "on tmpfs").expect("a file on tmpfs");
+    assert_one_line_error(&["run", "--pid", &pid, "--listen", "127.0.0.1:0", "--pin-dir", &d], 1, "is not empty");
+    let mounts = mounted_at(&dir.0);
+    assert_eq!(mounts.len(), 1, "only the tmpfs: {mounts:?}");
+    assert!(mounts[0].contains(" - tmpfs "), "{mounts:?}");
+    assert!(keep.exists());
+}

@@ -109,6 +109,7 @@ fn dashboard_provisions_with_variables_on_every_panel() {
     }
     for metric in [
         "observer_target_rss_bytes",
+        "observer_target_pss_bytes",
         "observer_tcp_sockets",
         "observer_zombie_sockets",
         "observer_stalled_sockets",

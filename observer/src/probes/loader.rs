@@ -35,6 +35,27 @@ pub struct LoadOptions {
     pub fallback: bool,
 }
 
+/// The layout each pinned map has when this build creates it, with
+/// `SOCKS` sized as `--max-sockets` asks: what a pin left by an earlier
+/// observer must match to be reused.
+pub fn pinned_layouts(max_sockets: u32) -> Result<Vec<(&'static str, super::pins::MapLayout)>, ProbeError> {
+    let obj = aya_obj::Object::parse(OBJECT).map_err(|e| ProbeError::Object(chain(&e)))?;
+    super::pins::PINNED_MAPS
+        .iter()
+        .map(|&name| {
+            let map = obj.maps.get(name).ok_or(ProbeError::MissingMap(name))?;
+            let max_entries = if name == "SOCKS" { max_sockets } else { map.max_entries() };
+            let layout = super::pins::MapLayout {
+                map_type: map.map_type(),
+                key_size: map.key_size(),
+                value_size: map.value_size(),
+                max_entries,
+            };
+            Ok((name, layout))
+        })
+        .collect()
+}
+
 /// Which method a hook ended up with, and why the better ones were passed over.
 #[derive(Clone, Debug)]
 pub struct Choice {

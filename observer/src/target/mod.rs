@@ -7,6 +7,7 @@ use std::{
     fs::File,
 };
 
+use log::{debug, warn};
 use procfs::ProcError;
 
 /// How the operator names the target.
@@ -101,22 +102,139 @@ pub fn open_netns(pid: u32) -> std::io::Result<File> {
     File::open(format!("/proc/{pid}/ns/net"))
 }
 
-/// Resident memory of the targets, summed: (VmRSS, RssAnon) in bytes.
+/// Resident memory of the targets, summed: (VmRSS, RssAnon) in bytes;
+/// None when no target could be read.
 pub fn rss(pids: &[u32]) -> Option<(u64, u64)> {
-    sum_rss(&rss_each(pids))
+    let m = sample_memory(pids, false);
+    (!m.each.is_empty()).then_some((m.rss, m.rss_anon))
 }
 
-/// (pid, VmRSS, RssAnon) of each target that could be read.
-pub fn rss_each(pids: &[u32]) -> Vec<(u32, u64, u64)> {
-    pids.iter()
-        .filter_map(|&pid| {
-            let st = procfs::read_status(pid).ok()?;
-            Some((pid, st.vm_rss_bytes.unwrap_or(0), st.rss_anon_bytes.unwrap_or(0)))
-        })
-        .collect()
+/// Memory of one target process, as read at scrape time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcMemory {
+    pub pid: u32,
+    /// `VmRSS`: every resident page the process maps, shared ones in full.
+    pub rss: u64,
+    /// `RssAnon`: the anonymous part of it (heap, stacks, buffers).
+    pub rss_anon: u64,
+    /// `Pss` of `smaps_rollup`: each resident page divided by the number of
+    /// processes mapping it. None when not asked for or not readable.
+    pub pss: Option<u64>,
 }
 
-/// The sum of [`rss_each`], None when no target could be read.
-pub fn sum_rss(each: &[(u32, u64, u64)]) -> Option<(u64, u64)> {
-    (!each.is_empty()).then(|| each.iter().fold((0, 0), |(r, a), (_, pr, pa)| (r + pr, a + pa)))
+/// Memory of the target processes that could be read, and their sums.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemorySample {
+    pub each: Vec<ProcMemory>,
+    pub rss: u64,
+    pub rss_anon: u64,
+    /// Sum of the `pss` that could be read.
+    pub pss: u64,
+}
+
+/// Reads the memory of `pids`: `status` always, `smaps_rollup` too when
+/// `with_pss`. Blocking, and for PSS proportional to the targets' mapped
+/// memory: call it off the async runtime.
+///
+/// A process that exits between the listing and the reads is left out of
+/// every sum (not an error), so RSS and PSS describe the same processes.
+pub fn sample_memory(pids: &[u32], with_pss: bool) -> MemorySample {
+    sample_memory_with(pids, with_pss, procfs::read_status, procfs::read_pss)
+}
+
+fn sample_memory_with(
+    pids: &[u32],
+    with_pss: bool,
+    status: impl Fn(u32) -> Result<procfs::ProcStatus, ProcError>,
+    pss: impl Fn(u32) -> Result<u64, ProcError>,
+) -> MemorySample {
+    let mut out = MemorySample::default();
+    for &pid in pids {
+        let st = match status(pid) {
+            Ok(st) => st,
+            Err(e) => {
+                debug!("memory of pid {pid}: {e}");
+                continue;
+            }
+        };
+        let pss = if with_pss {
+            match pss(pid) {
+                Ok(p) => Some(p),
+                // Exited (or became a zombie) between the two reads.
+                Err(ProcError::NoSuchProcess(_)) => continue,
+                Err(e) => {
+                    warn_pss_once(&e);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let m = ProcMemory { pid, rss: st.vm_rss_bytes.unwrap_or(0), rss_anon: st.rss_anon_bytes.unwrap_or(0), pss };
+        out.rss += m.rss;
+        out.rss_anon += m.rss_anon;
+        out.pss += m.pss.unwrap_or(0);
+        out.each.push(m);
+    }
+    out
+}
+
+/// A process whose PSS cannot be read (permission, I/O) is said once per
+/// run, not at every scrape; later ones go to the debug log.
+fn warn_pss_once(e: &ProcError) {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    let mut first = false;
+    SAID.call_once(|| first = true);
+    if first {
+        warn!("PSS of a target process is unreadable, observer_target_pss_bytes leaves it out: {e}");
+    } else {
+        debug!("PSS unreadable: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use procfs::ProcStatus;
+
+    fn status(pid: u32) -> Result<ProcStatus, ProcError> {
+        match pid {
+            1..=3 => Ok(ProcStatus {
+                name: "w".into(),
+                tgid: pid,
+                vm_rss_bytes: Some(u64::from(pid) * 100),
+                rss_anon_bytes: Some(u64::from(pid) * 10),
+                threads: 1,
+            }),
+            _ => Err(ProcError::NoSuchProcess(pid)),
+        }
+    }
+
+    #[test]
+    fn processes_that_vanish_between_reads_leave_every_sum() {
+        // 2 exits between its status and its smaps_rollup; 9 is gone at once.
+        let pss = |pid: u32| if pid == 2 { Err(ProcError::NoSuchProcess(2)) } else { Ok(u64::from(pid) * 50) };
+        let m = sample_memory_with(&[1, 2, 3, 9], true, status, pss);
+        assert_eq!(m.each.iter().map(|p| p.pid).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!((m.rss, m.rss_anon, m.pss), (400, 40, 200));
+        assert_eq!(m.each[1], ProcMemory { pid: 3, rss: 300, rss_anon: 30, pss: Some(150) });
+    }
+
+    #[test]
+    fn unreadable_pss_keeps_the_process_in_rss() {
+        let pss = |pid: u32| {
+            if pid == 1 {
+                Err(ProcError::PermissionDenied { pid, path: "/proc/1/smaps_rollup".into() })
+            } else {
+                Ok(7)
+            }
+        };
+        let m = sample_memory_with(&[1, 3], true, status, pss);
+        assert_eq!((m.rss, m.pss), (400, 7));
+        assert_eq!(m.each[0].pss, None);
+        // Not asked for: never read.
+        let m = sample_memory_with(&[1, 3], false, status, |_| -> Result<u64, ProcError> { panic!("read without need") });
+        assert_eq!((m.rss, m.pss), (400, 0));
+        assert!(m.each.iter().all(|p| p.pss.is_none()));
+    }
 }

@@ -32,6 +32,7 @@ const MAX_QUOTED: usize = 64;
 
 const STATUS_FILE: &str = "/proc/PID/status";
 const STAT_FILE: &str = "/proc/PID/stat";
+const SMAPS_ROLLUP_FILE: &str = "/proc/PID/smaps_rollup";
 
 /// The parts of `/proc/PID/status` the observer cares about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -175,6 +176,28 @@ fn parse_status_u32(field: &'static str, value: &str) -> Result<u32, ProcError> 
 
 /// Parses `   1234 kB` into bytes (1 kB = 1024 bytes in /proc).
 fn parse_status_kb(field: &'static str, value: &str) -> Result<u64, ProcError> {
+    parse_kb(STATUS_FILE, field, value)
+}
+
+/// Parses the text of `/proc/PID/smaps_rollup` (Linux 4.14+) and returns its
+/// `Pss:` in bytes: the process's proportional share of resident memory,
+/// each page divided by the number of processes mapping it.
+///
+/// Only the exact key `Pss` counts (`Pss_Anon`, `Pss_Dirty`, ... are parts
+/// of it); when it appears twice the first one wins.
+pub fn parse_smaps_rollup_pss(text: &str) -> Result<u64, ProcError> {
+    for line in text.split('\n') {
+        if let Some(("Pss", value)) = line.split_once(':') {
+            return parse_kb(SMAPS_ROLLUP_FILE, "Pss", value);
+        }
+    }
+    Err(ProcError::MissingField {
+        file: SMAPS_ROLLUP_FILE,
+        field: "Pss",
+    })
+}
+
+fn parse_kb(file: &'static str, field: &'static str, value: &str) -> Result<u64, ProcError> {
     let mut parts = value.split_ascii_whitespace();
     let bytes = match (parts.next(), parts.next(), parts.next()) {
         (Some(number), Some("kB"), None) => {
@@ -182,7 +205,7 @@ fn parse_status_kb(field: &'static str, value: &str) -> Result<u64, ProcError> {
         }
         _ => None,
     };
-    bytes.ok_or_else(|| invalid(STATUS_FILE, field, value.trim().as_bytes()))
+    bytes.ok_or_else(|| invalid(file, field, value.trim().as_bytes()))
 }
 
 /// Extracts the `flags` field (field 9) from the contents of `/proc/PID/stat`.
@@ -275,6 +298,24 @@ pub fn read_socket_inodes(pid: u32) -> Result<HashSet<u64>, ProcError> {
 /// process name) are replaced with U+FFFD.
 pub fn read_status(pid: u32) -> Result<ProcStatus, ProcError> {
     read_status_in(Path::new(PROC_ROOT), pid)
+}
+
+/// Reads `/proc/PID/smaps_rollup` and returns its `Pss:` in bytes.
+///
+/// The kernel walks the page tables of the process to produce it, so this
+/// costs more than [`read_status`] (about a millisecond per GiB mapped) and
+/// must not run on an async runtime thread. A process that exited, or a
+/// zombie (no address space left: the kernel answers `ESRCH`), gives
+/// [`ProcError::NoSuchProcess`]. Reading another user's process needs
+/// `CAP_SYS_PTRACE` (ptrace read access, as for `/proc/PID/maps`).
+pub fn read_pss(pid: u32) -> Result<u64, ProcError> {
+    read_pss_in(Path::new(PROC_ROOT), pid)
+}
+
+/// Whether this kernel has `/proc/PID/smaps_rollup` (Linux 4.14+), asked
+/// of our own process, which certainly exists.
+pub fn smaps_rollup_supported() -> bool {
+    Path::new(PROC_ROOT).join("self").join("smaps_rollup").exists()
 }
 
 /// Returns the inode of the network namespace of `pid` (`st_ino` of
@@ -372,6 +413,12 @@ fn read_status_in(proc_root: &Path, pid: u32) -> Result<ProcStatus, ProcError> {
     let path = pid_dir(proc_root, pid).join("status");
     let bytes = fs::read(&path).map_err(|e| classify(pid, path, e))?;
     parse_status(&String::from_utf8_lossy(&bytes))
+}
+
+fn read_pss_in(proc_root: &Path, pid: u32) -> Result<u64, ProcError> {
+    let path = pid_dir(proc_root, pid).join("smaps_rollup");
+    let bytes = fs::read(&path).map_err(|e| classify(pid, path, e))?;
+    parse_smaps_rollup_pss(&String::from_utf8_lossy(&bytes))
 }
 
 fn is_kernel_thread_in(proc_root: &Path, pid: u32) -> Result<bool, ProcError> {
@@ -924,6 +971,58 @@ mod tests {
             is_kernel_thread_in(tree.path(), 8),
             Err(ProcError::NoSuchProcess(8))
         ));
+        Ok(())
+    }
+
+    /// `/proc/self/smaps_rollup` of a 6.x kernel, cut short.
+    const ROLLUP: &str = "55a0c8e6d000-7ffd6b7fe000 ---p 00000000 00:00 0                          [rollup]\n\
+        Rss:                5120 kB\n\
+        Pss:                1234 kB\n\
+        Pss_Dirty:           900 kB\n\
+        Pss_Anon:            800 kB\n\
+        Pss_File:            434 kB\n\
+        Shared_Clean:       3000 kB\n";
+
+    #[test]
+    fn parse_smaps_rollup_pss_table() {
+        assert_eq!(parse_smaps_rollup_pss(ROLLUP).ok(), Some(1234 * 1024));
+        // The first exact `Pss` wins; its parts never stand in for it.
+        assert_eq!(parse_smaps_rollup_pss("Pss_Anon: 5 kB\nPss: 7 kB\nPss: 9 kB\n").ok(), Some(7 * 1024));
+        assert!(matches!(
+            parse_smaps_rollup_pss("Rss: 1 kB\nPss_Anon: 5 kB\n"),
+            Err(ProcError::MissingField { field: "Pss", .. })
+        ));
+        assert!(matches!(parse_smaps_rollup_pss(""), Err(ProcError::MissingField { field: "Pss", .. })));
+        for bad in ["Pss: 12\n", "Pss: x kB\n", "Pss: 1 kB extra\n", "Pss: 99999999999999999999 kB\n"] {
+            assert!(
+                matches!(parse_smaps_rollup_pss(bad), Err(ProcError::InvalidField { file: SMAPS_ROLLUP_FILE, field: "Pss", .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn fake_tree_pss() -> TestResult {
+        let tree = TempTree::new("procfs-pss")?;
+        tree.write("5/smaps_rollup", ROLLUP.as_bytes())?;
+        tree.write("6/status", USER_STATUS.as_bytes())?;
+        assert_eq!(read_pss_in(tree.path(), 5)?, 1234 * 1024);
+        // Gone, or (as on kernels before 4.14) no such file.
+        assert!(matches!(read_pss_in(tree.path(), 6), Err(ProcError::NoSuchProcess(6))));
+        assert!(matches!(read_pss_in(tree.path(), 7), Err(ProcError::NoSuchProcess(7))));
+        Ok(())
+    }
+
+    #[test]
+    fn real_self_pss_is_within_rss() -> TestResult {
+        if !smaps_rollup_supported() {
+            return Ok(());
+        }
+        let pss = read_pss(std::process::id())?;
+        let rss = read_status(std::process::id())?.vm_rss_bytes.unwrap_or(0);
+        assert!(pss > 0, "a running process has a proportional share");
+        // Both move while the test runs; PSS never exceeds RSS by more than that.
+        assert!(pss <= rss + 4 * 1024 * 1024, "pss {pss} rss {rss}");
         Ok(())
     }
 

@@ -133,6 +133,15 @@ pub struct ServerArgs {
     /// How many connections to open to --connect-out.
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub connect_out_count: u32,
+    /// Pre-fork model: this many processes accept on the one listening
+    /// socket (the first plus forked copies), as a cluster of workers does.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub workers: u32,
+    /// Memory to allocate and fill before forking the workers, which then
+    /// share it copy-on-write (like an application preloaded before fork):
+    /// counted in full in each worker's RSS, divided among them in PSS.
+    #[arg(long, default_value_t = 0, value_name = "MIB", value_parser = clap::value_parser!(u32).range(0..=4096))]
+    pub preload_mib: u32,
 }
 
 #[derive(Args, Debug)]

@@ -30,16 +30,27 @@ pub fn run(args: &ServerArgs) -> Result<()> {
         interval: (args.interval_ms > 0).then(|| Duration::from_millis(args.interval_ms)),
     });
 
-    if let Some(target) = &args.connect_out {
-        connect_out(target, args.connect_out_count)?;
-    }
-
+    // Held for the life of every worker, shared copy-on-write after fork.
+    let preload = preload(args.preload_mib);
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", proto::listening_line(addr, std::process::id()))
         .and_then(|()| out.flush())
         .context("cannot write to stdout")?;
     drop(out);
+    // Still single-threaded here, so forking is safe.
+    let mut worker = false;
+    for _ in 1..args.workers {
+        if fork_worker()? {
+            worker = true;
+            break;
+        }
+    }
+    // Threads only after the forks; outbound connects from the first process.
+    if let (false, Some(target)) = (worker, &args.connect_out) {
+        connect_out(target, args.connect_out_count)?;
+    }
 
+    let _keep = std::hint::black_box(&preload);
     for conn in listener.incoming() {
         match conn {
             Ok(stream) => spawn_connection(stream, &config),
@@ -73,6 +84,37 @@ fn connect_out(target: &str, count: u32) -> Result<()> {
             .context("cannot start a connect thread")?;
     }
     Ok(())
+}
+
+/// `mib` MiB of heap with every page written, so it is resident.
+fn preload(mib: u32) -> Vec<u8> {
+    let mut v = vec![0u8; mib as usize * 1024 * 1024];
+    for (i, page) in v.chunks_mut(4096).enumerate() {
+        page.fill(i as u8 | 1);
+    }
+    v
+}
+
+/// Forks one worker. Returns true in the worker (which then accepts, like
+/// the first process) and false in the first process.
+fn fork_worker() -> Result<bool> {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: no other thread exists yet; both sides continue in Rust code
+    // that holds no lock across the fork.
+    match unsafe { libc::fork() } {
+        -1 => Err(std::io::Error::last_os_error()).context("cannot fork a worker"),
+        0 => {
+            // A worker ends with the first process, however that ends.
+            // SAFETY: prctl with integer arguments only.
+            unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+            // SAFETY: getppid cannot fail.
+            if unsafe { libc::getppid() } != parent {
+                std::process::exit(0);
+            }
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
 }
 
 fn spawn_connection(stream: TcpStream, config: &Arc<Config>) {
