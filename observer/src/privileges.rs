@@ -209,9 +209,7 @@ mod tests {
         let ok = [Capability::CAP_BPF, Capability::CAP_SYS_ADMIN, Capability::CAP_SYS_PTRACE]
             .iter()
             .all(|c| eff.contains(c));
-        if !ok {
-            eprintln!("skipping: needs CAP_BPF, CAP_SYS_ADMIN and CAP_SYS_PTRACE");
-        }
+        assert!(ok, "the tests run as root: CAP_BPF, CAP_SYS_ADMIN and CAP_SYS_PTRACE are needed");
         ok
     }
 
