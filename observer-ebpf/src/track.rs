@@ -60,6 +60,10 @@ fn note_progress(ev: &mut SockEvents, sk: u64, now: Option<u64>) {
     if una != ev.snd_una || una == kernel::snd_nxt(sk) {
         // Moved, or nothing outstanding: an idle socket is not a stuck one.
         // The clock is read only here: reading the TSC is slow in VMs.
+        if una != ev.snd_una {
+            // Data moved: the window was open since any episode began.
+            ev.zero_window_since_ns = 0;
+        }
         ev.snd_una = una;
         ev.last_progress_ns = now.unwrap_or_else(|| unsafe { bpf_ktime_get_ns() });
     }

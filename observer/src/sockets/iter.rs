@@ -91,11 +91,38 @@ pub(crate) fn in_netns<T>(ns: &File, f: impl FnOnce() -> T) -> Result<T, IterErr
         source,
     })?;
     setns(ns, "target namespace")?;
+    // Back on every path, a panic in `f` included.
+    let back = Back(Some(own));
     let out = f();
-    // Going back can only fail if the kernel lost our own namespace, which
-    // would leave this thread in the wrong place: report it loudly.
-    setns(&own, "own namespace")?;
+    back.go()?;
     Ok(out)
+}
+
+/// The thread's own namespace, re-entered when dropped.
+struct Back(Option<File>);
+
+impl Back {
+    /// Going back can only fail if the kernel lost our own namespace, which
+    /// would leave this thread in the wrong place: report it loudly.
+    fn go(mut self) -> Result<(), IterError> {
+        match self.0.take() {
+            Some(own) => setns(&own, "own namespace"),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Back {
+    fn drop(&mut self) {
+        if let Some(own) = self.0.take()
+            && setns(&own, "own namespace").is_err()
+        {
+            // Unwinding with the thread in a target's namespace: every later
+            // read would be of the wrong sockets. Nothing sane is left to do.
+            eprintln!("observer: cannot return to its own network namespace");
+            std::process::abort();
+        }
+    }
 }
 
 fn setns(ns: &File, what: &str) -> Result<(), IterError> {

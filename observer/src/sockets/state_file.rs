@@ -19,7 +19,7 @@ use observer_common::{SockRecord, tcp_state};
 
 use crate::sockets::table::{SocketTable, Tracked};
 
-const MAGIC: &str = "observer-state 1";
+const MAGIC: &str = "observer-state 2";
 const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +46,7 @@ pub struct Seed {
     pub progress_at: u64,
     pub close_wait_at: Option<u64>,
     pub zero_window_at: Option<u64>,
+    pub open_at: u64,
     pub connect_at: Option<u64>,
     pub probe_seen_at: Option<u64>,
 }
@@ -65,6 +66,7 @@ impl Seed {
             progress_at: t.progress_at,
             close_wait_at: t.close_wait_at,
             zero_window_at: t.zero_window_at,
+            open_at: t.open_at,
             connect_at: t.connect_at,
             probe_seen_at: t.probe_seen_at,
         }
@@ -84,6 +86,7 @@ impl Seed {
             progress_at: self.progress_at,
             close_wait_at: self.close_wait_at,
             zero_window_at: self.zero_window_at,
+            open_at: self.open_at,
             connect_at: self.connect_at,
             probe_seen_at: self.probe_seen_at,
             kernel_tracked: false,
@@ -120,7 +123,7 @@ pub fn save(path: &Path, table: &SocketTable) -> Result<usize, StateError> {
         let s = Seed::of(t);
         let _ = writeln!(
             text,
-            "{sk} {} {} {} {} {} {} {} {} {} {} {} {} {}",
+            "{sk} {} {} {} {} {} {} {} {} {} {} {} {} {} {}",
             s.inode,
             s.netns,
             s.sport,
@@ -132,6 +135,7 @@ pub fn save(path: &Path, table: &SocketTable) -> Result<usize, StateError> {
             s.progress_at,
             opt(s.close_wait_at),
             opt(s.zero_window_at),
+            s.open_at,
             opt(s.connect_at),
             opt(s.probe_seen_at)
         );
@@ -174,12 +178,12 @@ fn parse(text: &str, boot: &str) -> Result<HashMap<u64, Seed>, ParseError> {
     }
     let mut out = HashMap::new();
     for (i, line) in lines.enumerate() {
-        let bad = ParseError::Malformed { line: i + 2, what: "expected 14 numbers" };
+        let bad = ParseError::Malformed { line: i + 2, what: "expected 15 numbers" };
         let v: Vec<u64> = line.split_whitespace().map(str::parse).collect::<Result<_, _>>().map_err(|_| bad)?;
-        let [sk, inode, netns, sport, dport, owner, snd_una, rcv_tstamp, probes_out, progress_at, cw, zw, conn, probe] =
+        let [sk, inode, netns, sport, dport, owner, snd_una, rcv_tstamp, probes_out, progress_at, cw, zw, open_at, conn, probe] =
             v[..]
         else {
-            return Err(ParseError::Malformed { line: i + 2, what: "expected 14 numbers" });
+            return Err(ParseError::Malformed { line: i + 2, what: "expected 15 numbers" });
         };
         let some = |x: u64| (x != 0).then_some(x);
         let narrow = |x: u64| ParseError::Malformed { line: i + 2, what: if x > 0 { "a number out of range" } else { "" } };
@@ -197,6 +201,7 @@ fn parse(text: &str, boot: &str) -> Result<HashMap<u64, Seed>, ParseError> {
                 progress_at,
                 close_wait_at: some(cw),
                 zero_window_at: some(zw),
+                open_at,
                 connect_at: some(conn),
                 probe_seen_at: some(probe),
             },
@@ -211,7 +216,7 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_other_boots_and_garbage() {
-        let text = format!("{MAGIC} boot abc\n7 11 4026531840 80 40000 42 100 2000 1 5 6 0 0 9\n");
+        let text = format!("{MAGIC} boot abc\n7 11 4026531840 80 40000 42 100 2000 1 5 6 0 3 0 9\n");
         let seeds = parse(&text, "abc").ok().expect("parses");
         let s = seeds.get(&7).expect("socket 7");
         assert_eq!((s.inode, s.sport, s.dport, s.owner, s.probes_out), (11, 80, 40000, 42, 1));
@@ -220,7 +225,7 @@ mod tests {
         assert!(matches!(parse("hello\n", "abc"), Err(ParseError::Malformed { line: 1, .. })));
         let short = format!("{MAGIC} boot abc\n1 2 3\n");
         assert!(matches!(parse(&short, "abc"), Err(ParseError::Malformed { line: 2, .. })));
-        let wide = format!("{MAGIC} boot abc\n7 11 4026531840 99999 40000 42 100 2000 1 5 6 0 0 9\n");
+        let wide = format!("{MAGIC} boot abc\n7 11 4026531840 99999 40000 42 100 2000 1 5 6 0 3 0 9\n");
         assert!(matches!(parse(&wide, "abc"), Err(ParseError::Malformed { line: 2, .. })));
     }
 }

@@ -22,6 +22,10 @@ pub struct Tracked {
     pub progress_at: u64,
     pub close_wait_at: Option<u64>,
     pub zero_window_at: Option<u64>,
+    /// Latest moment the peer's window is known to have been open (data
+    /// moved, or a sweep saw it non-zero): no zero-window episode began
+    /// before it.
+    pub open_at: u64,
     pub connect_at: Option<u64>,
     /// First sweep that saw the current run of unanswered probes.
     pub probe_seen_at: Option<u64>,
@@ -392,10 +396,17 @@ fn update(
         event.map_or(seen, |e| e.min(seen))
     });
 
-    let zero_window_at = (rec.snd_wnd == 0 && unsent > 0).then(|| {
+    let open_at = if rec.snd_wnd != 0 || unsent == 0 {
+        now
+    } else if una_moved {
         // Data moved since the last sweep: the window was open then, so the
         // episode began no earlier than the ACK that moved it.
-        let floor = if una_moved { last_ack } else { 0 };
+        last_ack
+    } else {
+        prev.map_or(0, |p| p.open_at)
+    };
+    let zero_window_at = (rec.snd_wnd == 0 && unsent > 0).then(|| {
+        let floor = open_at;
         let first_sight = if rec.probes_tstamp != 0 {
             // The kernel stamps the first probe of a zero-window episode.
             dated(rec, rec.probes_tstamp, now, tick_ns)
@@ -490,6 +501,7 @@ fn update(
         progress_at,
         close_wait_at,
         zero_window_at,
+        open_at,
         connect_at,
         probe_seen_at,
         kernel_tracked: rec.has_events != 0 || prev.is_some_and(|p| p.kernel_tracked),
@@ -859,6 +871,38 @@ mod tests {
                 &th(),
             );
             assert_eq!(class_of(&table, 4), Some(Class::Healthy), "second {i}");
+        }
+    }
+
+    #[test]
+    fn a_window_that_keeps_opening_is_no_stall_whatever_the_probes_recorded() {
+        let mut table = SocketTable::with_tick(TICK);
+        let targets = HashSet::from([7]);
+        // An older build's probes stamped a zero-window episode long ago and
+        // never saw the window open (an orphan sends nothing); a sweep finds
+        // the window closed each time, but data moves every other sweep.
+        let ev = SockEvents { owner_tgid: 7, flags: FLAG_APP_CLOSED, zero_window_since_ns: SEC, ..Default::default() };
+        for i in 0..20u32 {
+            let j = 1000 + i * 125;
+            let una = (i / 2) * 8192;
+            let r = SockRecord {
+                inode: 0,
+                snd_wnd: 0,
+                pending: 3,
+                snd_una: una,
+                snd_nxt: una,
+                write_seq: una + 400_000,
+                jiffies: j,
+                rcv_tstamp: j - 5,
+                has_events: 1,
+                events: ev,
+                ..rec(4, 0, tcp_state::FIN_WAIT1)
+            };
+            table.sweep(10 * SEC + u64::from(i) * SEC / 2, &[r], &owners(&[]), &targets, false, &th());
+            // From the first movement on, the stale stamp is known stale.
+            if i >= 2 {
+                assert_eq!(class_of(&table, 4), Some(Class::Healthy), "sweep {i}");
+            }
         }
     }
 

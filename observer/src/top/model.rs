@@ -112,6 +112,7 @@ mod tests {
             progress_at,
             close_wait_at: None,
             zero_window_at: None,
+            open_at: 0,
             connect_at: None,
             probe_seen_at: None,
             kernel_tracked: true,
