@@ -916,10 +916,7 @@ mod tests {
             ),
         ];
         for (category, event, expected) in cases {
-            let fields = match read_format(category, event) {
-                Ok(fields) => fields,
-                Err(e) => return Err(e),
-            };
+            let fields = read_format(category, event)?;
             assert_eq!(
                 field_offset(&fields, "common_type")?,
                 0,
