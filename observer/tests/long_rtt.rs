@@ -20,7 +20,8 @@ const VANISH: usize = 2;
 /// Per socket of `role` in `ns`, from `ss -ti`: (peer, smoothed RTT in ms,
 /// segments retransmitted over its life).
 fn link_stats(lab: &Lab, ns: &str, role: &str) -> Vec<(String, f64, u64)> {
-    let out = Command::new("ip").args(["netns", "exec", ns, "ss", "-tinH", "state", "established"]).output().expect("run ss");
+    // `state all`: with one state asked for, ss leaves the state column out.
+    let out = Command::new("ip").args(["netns", "exec", ns, "ss", "-tinH", "state", "all"]).output().expect("run ss");
     assert!(out.status.success(), "ss failed: {}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     let mut stats = Vec::new();
@@ -28,7 +29,10 @@ fn link_stats(lab: &Lab, ns: &str, role: &str) -> Vec<(String, f64, u64)> {
     for line in text.lines() {
         if !line.starts_with(char::is_whitespace) {
             let cols: Vec<&str> = line.split_whitespace().collect();
-            current = cols.get(4).map(|p| canonical(p)).filter(|p| lab.role_of(p) == Some(role));
+            current = (cols.first() == Some(&"ESTAB"))
+                .then(|| cols.get(4).map(|p| canonical(p)))
+                .flatten()
+                .filter(|p| lab.role_of(p) == Some(role));
             continue;
         }
         let Some(peer) = current.take() else { continue };

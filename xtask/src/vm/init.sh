@@ -50,7 +50,7 @@ PIDS=""
 
 # One integration test may run this long before it counts as failed (its
 # own timeouts end it well before this when it fails; this bounds a hang).
-TEST_LIMIT=480
+TEST_LIMIT=300
 
 up() { cut -d' ' -f1 /proc/uptime; }
 ok() { PASSED=$((PASSED + 1)); echo "VMTEST-CHECK ok   $*"; }
