@@ -29,16 +29,28 @@ ip link set lo up
 # The server of the privilege runs under a name of its own, so --comm matches
 # it and never its clients (comm is the name the binary was executed as).
 ln -s observer-demo /bin/demo-server
+# Modules, dependencies first (lib/modules/order, written by the host):
+# dummy, socket diagnostics (what `ss` and the sock_diag fallback read),
+# veth, nf_tables and sch_netem for the integration tests' lab.
+MODULE_ERRORS=""
+for m in $(cat /lib/modules/order); do
+    insmod "/lib/modules/$m.ko" || MODULE_ERRORS="$MODULE_ERRORS $m"
+done
 # A black hole for SYNs: a dummy device drops everything it is given, so a
 # connect() to 198.18.0.2 retransmits its SYN (RTO timer, tcp_retransmit_skb).
-insmod /lib/modules/dummy.ko && ip link add d0 type dummy && ip addr add 198.18.0.1/30 dev d0 && ip link set d0 up
-# Socket diagnostics (what `ss` and the sock_diag fallback read) are modules here.
-insmod /lib/modules/inet_diag.ko && insmod /lib/modules/tcp_diag.ko
+ip link add d0 type dummy && ip addr add 198.18.0.1/30 dev d0 && ip link set d0 up
+# The host's iproute2, nftables and bpftool run with their own libraries;
+# `ip netns` keeps its names in /run/netns.
+mkdir -p /run/netns /var && ln -s /run /var/run
 
 KERNEL=$(uname -r)
 PASSED=0
 FAILED=0
 PIDS=""
+
+# One integration test may run this long before it counts as failed (its
+# own timeouts end it well before this when it fails; this bounds a hang).
+TEST_LIMIT=300
 
 up() { cut -d' ' -f1 /proc/uptime; }
 ok() { PASSED=$((PASSED + 1)); echo "VMTEST-CHECK ok   $*"; }
@@ -347,7 +359,53 @@ priv_case() {
     echo "VMTEST-END run $label (uptime $(up) s)"
 }
 
+# Every process but this shell and the kernel's threads (after a test that
+# timed out: its lab, servers, clients and observer), then the lab's namespaces.
+kill_leftovers() {
+    for p in /proc/[0-9]*; do
+        pid=${p#/proc/}
+        [ "$pid" = 1 ] && continue
+        [ -s "$p/cmdline" ] || continue
+        kill -9 "$pid" 2>/dev/null
+    done
+    sleep 1
+    observer-demo cleanup --name ot >/dev/null 2>&1
+}
+
+# run_tests: each test of each binary in /tests on its own (`--exact`), so a
+# test that hangs or crashes costs only itself; one check per test, passed
+# only if libtest ran exactly that test and it passed.
+run_tests() {
+    for bin in /tests/*; do
+        [ -x "$bin" ] || continue
+        suite=${bin##*/}
+        "$bin" --list </dev/null 2>/dev/null | sed -n 's/: test$//p' >/tmp/tests.list
+        if [ ! -s /tmp/tests.list ]; then
+            fail "test $suite: the binary lists no tests"
+            continue
+        fi
+        while read -r name; do
+            start=$(up)
+            echo "VMTEST-BEGIN test $suite::$name (uptime $start s)"
+            { timeout "$TEST_LIMIT" "$bin" --exact "$name" --test-threads=1 </dev/null; echo $? >/tmp/test.rc; } 2>&1 |
+                tee /tmp/test.out | sed 's/^/  test: /'
+            rc=$(cat /tmp/test.rc)
+            secs=$(awk -v a="$start" -v b="$(up)" 'BEGIN { printf "%.0f", b - a }')
+            if [ "$rc" = 0 ] && grep -q '^test result: ok\. 1 passed; 0 failed; 0 ignored' /tmp/test.out; then
+                ok "test $suite::$name passed in $secs s"
+            else
+                why=$(grep -m1 -E "panicked at|^thread '.*' panicked" -A2 /tmp/test.out | tr '\n' ' ' | cut -c1-400)
+                [ "$rc" = 143 ] || [ "$rc" = 124 ] && why="timed out after $TEST_LIMIT s; $why"
+                fail "test $suite::$name failed (exit $rc) in $secs s: $why"
+                kill_leftovers
+            fi
+            echo "VMTEST-END test $suite::$name (uptime $(up) s)"
+        done </tmp/tests.list
+    done
+}
+
 echo "VMTEST-KERNEL $KERNEL"
+if [ -z "$MODULE_ERRORS" ]; then ok "modules loaded: $(cat /lib/modules/order | tr '\n' ' ')"; else fail "insmod failed for:$MODULE_ERRORS"; fi
 echo "VMTEST-BEGIN check"
 observer check --verify 2>&1
 rc=$?
@@ -372,6 +430,9 @@ priv_case root-pid root pid 6
 priv_case root-comm root comm 7
 priv_case nobody-pid nobody pid 8
 priv_case nobody-comm nobody comm 9
+
+# The host's integration tests, against this kernel.
+run_tests
 
 echo "VMTEST-SUMMARY: $PASSED passed, $FAILED failed"
 if [ "$FAILED" -eq 0 ] && [ "$PASSED" -gt 0 ]; then echo "VMTEST-RESULT: PASS"; else echo "VMTEST-RESULT: FAIL"; fi

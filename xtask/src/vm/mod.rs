@@ -30,9 +30,13 @@ use anyhow::{Context, Result, bail};
 use crate::sh;
 use report::{Check, Guest, Tally};
 
-/// A passing guest runs a few minutes under TCG, a failing one longer
-/// (every refused load is verified to the end); this bounds a hung guest.
+/// A passing guest runs a few minutes under TCG plus its integration tests,
+/// a failing one longer (every refused load is verified to the end, every
+/// failing test runs into its own timeouts); this bounds a hung guest.
 const BOOT_LIMIT: Duration = Duration::from_secs(900);
+
+/// Integration tests (observer/tests/*.rs) each guest runs, test by test.
+pub const GUEST_TESTS: &[&str] = &["classes", "restart", "edges", "long_rtt"];
 const HOOKS: [&str; 6] = ["send", "close", "state", "timer", "retransmit", "sockets"];
 
 /// How aya refuses a program whose attach point is not in the kernel's BTF.
@@ -79,9 +83,10 @@ pub fn run() -> Result<Summary> {
     let mut columns = vec![(format!("{host_release} (host)"), Check::parse(&host_text))];
 
     let mut lines = Vec::new();
+    let mut test_lines = Vec::new();
     for source in kernel::MATRIX {
         let before = (tally.passed, tally.failed);
-        let timing = match run_guest(source, &cache, &bins, &mut tally) {
+        let timing = match run_guest(source, &cache, &bins, &mut tally, &mut test_lines) {
             Ok((release, check, elapsed)) => {
                 columns.push((format!("{release} (qemu)"), check));
                 format!("{release}, booted and ran in {:.1} s", elapsed.as_secs_f64())
@@ -102,6 +107,10 @@ pub fn run() -> Result<Summary> {
     println!("vmtest: attach plan per kernel (observer check):");
     let refs: Vec<(&str, &Check)> = columns.iter().map(|(t, c)| (t.as_str(), c)).collect();
     print!("{}", report::side_by_side(&HOOKS, &refs));
+    println!("vmtest: integration tests per kernel:");
+    for l in &test_lines {
+        println!("{l}");
+    }
     for l in &lines {
         println!("{l}");
     }
@@ -116,6 +125,7 @@ fn run_guest(
     cache: &Path,
     bins: &initramfs::Binaries,
     tally: &mut Tally,
+    test_lines: &mut Vec<String>,
 ) -> Result<(String, Check, Duration)> {
     let kernel = kernel::ensure(source, cache).with_context(|| format!("fetching {source}"))?;
     let initrd = cache.join(format!("initramfs-{}.cpio", kernel.release));
@@ -133,7 +143,12 @@ fn run_guest(
     check_guest(tally, &guest, &kernel);
     for (ok, text) in &guest.checks {
         tally.count(*ok, &format!("{}: {text}", kernel.release));
+        if text.starts_with("test ") {
+            test_lines.push(format!("vmtest: {} {}: {text}", if *ok { "ok  " } else { "FAIL" }, kernel.release));
+        }
     }
+    let ran = guest.checks.iter().filter(|(_, t)| t.starts_with("test ")).count();
+    tally.check(ran > 0, &format!("{}: the guest ran the integration tests ({ran} reported)", kernel.release));
     Ok((kernel.release.clone(), guest.check, boot.elapsed))
 }
 
@@ -191,6 +206,8 @@ fn host_check(observer: &Path) -> (bool, String) {
 
 /// Statically linked (musl) observer and demo: the guest has no libc.
 /// The eBPF object is built for the BPF target by build.rs either way.
+/// With them the integration tests of [`GUEST_TESTS`], which start those
+/// two binaries by the absolute paths cargo compiles into them.
 fn static_binaries(root: &Path, target: &Path) -> Result<initramfs::Binaries> {
     let status = Command::new("cargo")
         .args(["build", "--release", "--target", deps::MUSL_TARGET, "--package", "observer", "--bins"])
@@ -201,6 +218,74 @@ fn static_binaries(root: &Path, target: &Path) -> Result<initramfs::Binaries> {
     if !status.success() {
         bail!("building the static binaries failed: {status}");
     }
+    let mut args: Vec<&str> =
+        vec!["test", "--release", "--target", deps::MUSL_TARGET, "--package", "observer", "--no-run", "--message-format=json"];
+    for t in GUEST_TESTS {
+        args.extend(["--test", t]);
+    }
+    eprintln!("+ cargo {}", args.join(" "));
+    let out = Command::new("cargo")
+        .args(&args)
+        .current_dir(root)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot start cargo")?;
+    if !out.status.success() {
+        bail!("building the static test binaries failed: {}", out.status);
+    }
+    let tests = test_executables(&String::from_utf8_lossy(&out.stdout));
+    for t in GUEST_TESTS {
+        if !tests.iter().any(|(name, _)| name == t) {
+            bail!("cargo built no test binary for {t}");
+        }
+    }
     let dir = target.join(deps::MUSL_TARGET).join("release");
-    Ok(initramfs::Binaries { observer: dir.join("observer"), demo: dir.join("observer-demo") })
+    Ok(initramfs::Binaries { observer: dir.join("observer"), demo: dir.join("observer-demo"), tests })
+}
+
+/// (test target name, executable) of every test binary in cargo's JSON messages.
+fn test_executables(json_lines: &str) -> Vec<(String, PathBuf)> {
+    json_lines
+        .lines()
+        .filter(|l| l.contains(r#""reason":"compiler-artifact""#) && l.contains(r#""kind":["test"]"#))
+        .filter_map(|l| {
+            let target = &l[l.find(r#""target":{"#)?..];
+            Some((json_string(target, "name")?, PathBuf::from(json_string(l, "executable")?)))
+        })
+        .collect()
+}
+
+/// The first string value of `key` in a line of JSON (cargo's names and paths
+/// need no unescaping beyond `\\` and `\"`).
+fn json_string(json: &str, key: &str) -> Option<String> {
+    let at = json.find(&format!("\"{key}\":\""))? + key.len() + 4;
+    let mut out = String::new();
+    let mut chars = json[at..].chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => return Some(out),
+            '\\' => out.push(chars.next()?),
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_test_executables_in_cargo_messages() {
+        let msgs = concat!(
+            r#"{"reason":"compiler-artifact","package_id":"path+file:///w/observer#0.1.0","target":{"kind":["bin"],"crate_types":["bin"],"name":"observer"},"executable":"/w/target/observer","fresh":true}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","package_id":"path+file:///w/observer#0.1.0","target":{"kind":["test"],"crate_types":["bin"],"name":"classes","src_path":"/w/observer/tests/classes.rs"},"executable":"/w/target/deps/classes-0123","fresh":false}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":true}"#,
+        );
+        assert_eq!(test_executables(msgs), [("classes".to_string(), PathBuf::from("/w/target/deps/classes-0123"))]);
+        assert_eq!(json_string(r#"{"a":"x\"y\\z"}"#, "a").as_deref(), Some(r#"x"y\z"#));
+    }
 }

@@ -203,6 +203,12 @@ pub struct LabArgs {
     /// packet (a namespace of its own): connects stuck in SYN_SENT.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub blackhole: u32,
+    /// Impair the `healthy` clients' link with netem on both of its veth
+    /// ends (`tc qdisc add dev ... root netem ARGS` in each namespace), e.g.
+    /// "delay 150ms loss 1%" for a 300 ms RTT with 1% loss each way. Needs
+    /// `tc`, the kernel's sch_netem and namespaces.
+    #[arg(long, value_name = "ARGS")]
+    pub netem: Option<String>,
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long, value_name = "S")]
     pub duration_secs: Option<u64>,

@@ -34,13 +34,16 @@ pub fn run(args: &LabArgs) -> Result<()> {
     if args.server_loopback && (args.stallgone > 0 || args.blackhole > 0) {
         bail!("--stallgone and --blackhole need namespaces: drop --server-loopback");
     }
+    if args.netem.is_some() && (args.server_loopback || !roles.iter().any(|(r, _)| *r == Role::Healthy)) {
+        bail!("--netem impairs the healthy clients' link: it needs namespaces and --healthy N");
+    }
     let exe = std::env::current_exe().context("cannot find own executable")?;
     let pid = std::process::id();
     let topo = Topology::new(&args.name, pid, args.server_loopback);
 
     let mut res = Resources::default();
     match &topo.server_ns {
-        Some(_) => build_namespaces(&mut res, &topo, &roles, args.blackhole > 0)?,
+        Some(_) => build_namespaces(&mut res, &topo, &roles, args.blackhole > 0, args.netem.as_deref())?,
         None => {
             let table = loopnft::table_name(&args.name, pid);
             loopnft::create(&table)?;
@@ -145,7 +148,13 @@ fn planned_roles(args: &LabArgs) -> Vec<(Role, u32)> {
         .collect()
 }
 
-fn build_namespaces(res: &mut Resources, topo: &Topology, roles: &[(Role, u32)], blackhole: bool) -> Result<()> {
+fn build_namespaces(
+    res: &mut Resources,
+    topo: &Topology,
+    roles: &[(Role, u32)],
+    blackhole: bool,
+    netem: Option<&str>,
+) -> Result<()> {
     let Some(srv) = topo.server_ns.as_deref() else {
         return Ok(());
     };
@@ -163,6 +172,11 @@ fn build_namespaces(res: &mut Resources, topo: &Topology, roles: &[(Role, u32)],
         netns::link(srv, &ns, role)?;
         if role.never_reads() {
             netns::sysctl(&ns, "net.ipv4.tcp_rmem", SLOW_TCP_RMEM)?;
+        }
+        if let (Some(args), Role::Healthy) = (netem, role) {
+            // Both directions: data and ACKs alike are delayed and lost.
+            netns::netem(srv, &netns::server_ifname(role), args)?;
+            netns::netem(&ns, &netns::client_ifname(role), args)?;
         }
     }
     if blackhole {
@@ -266,6 +280,7 @@ fn summary(topo: &Topology, server_pid: u32, port: u16, groups: &[ClientGroup], 
             Role::Vanish => "vanished (nft drops all its packets)",
             Role::Orphan => "vanished; server closes it -> orphan FIN_WAIT1",
             Role::Halfclose => "sent FIN; server keeps CLOSE_WAIT",
+            Role::Healthy if args.netem.is_some() => "reads everything, over a netem link",
             Role::Healthy => "reads everything",
             Role::Drain => "reads 16 KiB/s; server closes it -> orphan draining to a live reader",
             Role::Stallgone => "never reads, vanishes later while its window is zero",

@@ -110,6 +110,14 @@ pub fn sysctl(ns: &str, key: &str, value: &str) -> Result<()> {
     exec::run(&mut cmd, None).map(drop)
 }
 
+/// `tc qdisc add dev <ifname> root netem <args>` inside `ns`: delay, loss
+/// and the like on everything `ifname` sends.
+pub fn netem(ns: &str, ifname: &str, args: &str) -> Result<()> {
+    let mut cmd = Command::new("tc");
+    cmd.args(["-n", ns, "qdisc", "add", "dev", ifname, "root", "netem"]).args(args.split_whitespace());
+    exec::run(&mut cmd, None).map(drop)
+}
+
 /// nft table that drops every packet in and out of `ns`: its peers vanish
 /// without FIN or RST.
 pub fn drop_all(ns: &str) -> Result<()> {
