@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
-use observer_common::{PortKey, ProcCounters, SockEvents, drop_reason};
+use observer_common::{AgentClocks, PortKey, ProcCounters, SockEvents, drop_reason};
 
 /// Processes being watched (tgid -> 1). Written by the agent.
 #[map]
@@ -21,6 +21,11 @@ pub static TARGET_PORTS: HashMap<PortKey, u32> = HashMap::with_max_entries(4096,
 /// never fill it for good; the agent notices and counts evictions.
 #[map]
 pub static SOCKS: LruHashMap<u64, SockEvents> = LruHashMap::with_max_entries(131_072, 0);
+
+/// The agent's own clocks of the sockets that have one: written by the agent
+/// only, pinned so a restarted observer continues from them.
+#[map]
+pub static CLOCKS: HashMap<u64, AgentClocks> = HashMap::with_max_entries(65_536, 0);
 
 /// Event counters per owning process.
 #[map]

@@ -13,7 +13,7 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
 use log::{debug, warn};
-use observer_common::{PortKey, ProcCounters, SockEvents, SockRecord, drop_reason};
+use observer_common::{AgentClocks, PortKey, ProcCounters, SockEvents, SockRecord, drop_reason};
 
 use crate::{
     classify::Thresholds,
@@ -28,6 +28,7 @@ pub struct KernelMaps {
     tgids: BpfHashMap<MapData, u32, u32>,
     ports: BpfHashMap<MapData, PortKey, u32>,
     socks: BpfHashMap<MapData, u64, SockEvents>,
+    clocks: BpfHashMap<MapData, u64, AgentClocks>,
     counters: PerCpuHashMap<MapData, u32, ProcCounters>,
     drops: PerCpuArray<MapData, u64>,
 }
@@ -53,6 +54,7 @@ impl KernelMaps {
             tgids: take(probes, "TARGET_TGIDS")?,
             ports: take(probes, "TARGET_PORTS")?,
             socks: take(probes, "SOCKS")?,
+            clocks: take(probes, "CLOCKS")?,
             counters: take(probes, "COUNTERS")?,
             drops: take(probes, "DROPS")?,
         })
@@ -87,6 +89,8 @@ pub struct Agent {
     /// Handles on the network namespaces read, by inode: kept while they are
     /// needed, so a namespace whose processes all exited can still be read.
     netns_files: HashMap<u64, std::fs::File>,
+    /// Sockets whose clocks are in the kernel's CLOCKS map.
+    clocks_written: HashSet<u64>,
     /// Namespaces this sweep could not read: their sockets are unknown, not gone.
     unread_netns: HashSet<u32>,
     /// The last full read of the targets' file tables, and sweeps since.
@@ -177,6 +181,7 @@ impl Agent {
             state_file: None,
             state_file_failing: false,
             netns_files: HashMap::new(),
+            clocks_written: HashSet::new(),
             unread_netns: HashSet::new(),
             scan: None,
             since_full_scan: 0,
@@ -329,6 +334,7 @@ impl Agent {
             t0.elapsed() - t_iter
         );
         self.save_state();
+        self.save_clocks();
         if let Some(maps) = self.maps.as_mut() {
             for (sk, ev) in actions.track {
                 // BPF_NOEXIST: a probe that got there first knows better.
@@ -382,6 +388,38 @@ impl Agent {
     /// Continues from the clocks an earlier observer kept (`--state-file`).
     pub fn seed(&mut self, seeds: std::collections::HashMap<u64, crate::sockets::state_file::Seed>) {
         self.table.seed(seeds);
+    }
+
+    /// Continues from the clocks a previous observer left in the pinned
+    /// CLOCKS map.
+    pub fn seed_from_pins(&mut self) -> usize {
+        let Some(maps) = self.maps.as_ref() else { return 0 };
+        let seeds: std::collections::HashMap<u64, crate::sockets::state_file::Seed> =
+            maps.clocks.iter().filter_map(Result::ok).map(|(sk, c)| (sk, (&c).into())).collect();
+        let n = seeds.len();
+        self.clocks_written.extend(seeds.keys().copied());
+        self.table.seed(seeds);
+        n
+    }
+
+    /// The agent's clocks into the CLOCKS map (pinned with the rest), so a
+    /// restarted observer continues from them: written for the sockets that
+    /// have one, removed for those that no longer do.
+    fn save_clocks(&mut self) {
+        let Some(maps) = self.maps.as_mut() else { return };
+        let mut now = HashSet::new();
+        for (sk, seed) in crate::sockets::state_file::seeds(&self.table) {
+            match maps.clocks.insert(sk, AgentClocks::from(&seed), 0) {
+                Ok(()) => {
+                    now.insert(sk);
+                }
+                Err(e) => debug!("keeping the clocks of socket {sk:#x}: {e}"),
+            }
+        }
+        for gone in self.clocks_written.difference(&now) {
+            let _ = maps.clocks.remove(gone);
+        }
+        self.clocks_written = now;
     }
 
     fn save_state(&mut self) {

@@ -89,6 +89,10 @@ pub fn start_agent(
     }
     let mut agent = Agent::new(probes, selector, sweep.thresholds(), metrics, shared)?;
     agent.purge_stale_on_first_sweep = reused;
+    if reused {
+        let n = agent.seed_from_pins();
+        info!("continuing from {n} sockets' clocks pinned by a previous observer");
+    }
     if let Some(path) = &state_file {
         match sockets::state_file::load(path) {
             Ok(seeds) => {

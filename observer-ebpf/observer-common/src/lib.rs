@@ -164,6 +164,30 @@ pub struct SockRecord {
     pub events: SockEvents,
 }
 
+/// The clocks only the agent keeps for a socket (since when CLOSE_WAIT, no
+/// progress, …), with what identifies the socket. The agent alone writes
+/// them, into a map pinned beside `SOCKS`, so a restarted observer continues
+/// from them; the kernel programs never touch it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AgentClocks {
+    pub inode: u64,
+    pub netns: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub owner: u32,
+    pub snd_una: u32,
+    pub rcv_tstamp: u32,
+    pub probes_out: u32,
+    /// CLOCK_MONOTONIC ns; 0 = none.
+    pub progress_at: u64,
+    pub close_wait_at: u64,
+    pub zero_window_at: u64,
+    pub open_at: u64,
+    pub connect_at: u64,
+    pub probe_seen_at: u64,
+}
+
 /// Reasons the kernel programs count when they have to give something up.
 pub mod drop_reason {
     pub const SOCKET_MAP_FULL: u32 = 0;
@@ -215,10 +239,12 @@ mod pod {
     unsafe impl aya::Pod for super::ProcCounters {}
     unsafe impl aya::Pod for super::SockRecord {}
     unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::AgentClocks {}
 }
 
 // The agent parses iterator output as a stream of these; a layout with
 // implicit padding would differ between the two compilers' views.
 const _: () = assert!(core::mem::size_of::<SockRecord>() == 200);
 const _: () = assert!(core::mem::size_of::<SockEvents>() == 72);
+const _: () = assert!(core::mem::size_of::<AgentClocks>() == 80);
 const _: () = assert!(core::mem::size_of::<Offsets>() == 152);

@@ -23,7 +23,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Maps worth keeping: per-socket event state and per-process counters.
 /// Only files of these names, in directories named by [`dir_name`], are
 /// ever removed.
-pub const PINNED_MAPS: [&str; 2] = ["SOCKS", "COUNTERS"];
+pub const PINNED_MAPS: [&str; 3] = ["SOCKS", "COUNTERS", "CLOCKS"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {

@@ -15,7 +15,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use observer_common::{SockRecord, tcp_state};
+use observer_common::{AgentClocks, SockRecord, tcp_state};
 
 use crate::sockets::table::{SocketTable, Tracked};
 
@@ -95,6 +95,54 @@ impl Seed {
     }
 }
 
+impl From<&Seed> for AgentClocks {
+    fn from(s: &Seed) -> AgentClocks {
+        AgentClocks {
+            inode: s.inode,
+            netns: s.netns,
+            sport: s.sport,
+            dport: s.dport,
+            owner: s.owner,
+            snd_una: s.snd_una,
+            rcv_tstamp: s.rcv_tstamp,
+            probes_out: u32::from(s.probes_out),
+            progress_at: s.progress_at,
+            close_wait_at: opt(s.close_wait_at),
+            zero_window_at: opt(s.zero_window_at),
+            open_at: s.open_at,
+            connect_at: opt(s.connect_at),
+            probe_seen_at: opt(s.probe_seen_at),
+        }
+    }
+}
+
+impl From<&AgentClocks> for Seed {
+    fn from(c: &AgentClocks) -> Seed {
+        let some = |x: u64| (x != 0).then_some(x);
+        Seed {
+            inode: c.inode,
+            netns: c.netns,
+            sport: c.sport,
+            dport: c.dport,
+            owner: c.owner,
+            snd_una: c.snd_una,
+            rcv_tstamp: c.rcv_tstamp,
+            probes_out: u8::try_from(c.probes_out).unwrap_or(u8::MAX),
+            progress_at: c.progress_at,
+            close_wait_at: some(c.close_wait_at),
+            zero_window_at: some(c.zero_window_at),
+            open_at: c.open_at,
+            connect_at: some(c.connect_at),
+            probe_seen_at: some(c.probe_seen_at),
+        }
+    }
+}
+
+/// The sockets whose clocks are worth keeping, with those clocks.
+pub fn seeds(table: &SocketTable) -> impl Iterator<Item = (u64, Seed)> + '_ {
+    table.entries().filter(|(_, t)| worth_keeping(t)).map(|(sk, t)| (*sk, Seed::of(t)))
+}
+
 /// Whether a socket has a clock worth keeping.
 fn worth_keeping(t: &Tracked) -> bool {
     t.record.state != tcp_state::LISTEN
@@ -119,8 +167,7 @@ pub fn save(path: &Path, table: &SocketTable) -> Result<usize, StateError> {
     let io = |source| StateError::Io { path: path.to_path_buf(), source };
     let mut text = format!("{MAGIC} boot {}\n", boot_id());
     let mut n = 0;
-    for (sk, t) in table.entries().filter(|(_, t)| worth_keeping(t)) {
-        let s = Seed::of(t);
+    for (sk, s) in seeds(table) {
         let _ = writeln!(
             text,
             "{sk} {} {} {} {} {} {} {} {} {} {} {} {} {} {}",

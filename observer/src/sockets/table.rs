@@ -164,7 +164,7 @@ impl SocketTable {
     /// the previous sweep of its socket, if that socket is still there.
     pub fn seed(&mut self, seeds: HashMap<u64, Seed>) {
         self.known_owners.extend(seeds.values().map(|s| s.owner));
-        self.seeds = seeds;
+        self.seeds.extend(seeds);
     }
 
     /// Namespaces the coming sweep could not read (entering one failed):
