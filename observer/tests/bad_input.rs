@@ -70,17 +70,46 @@ fn port_in_use() {
 }
 
 #[test]
-fn missing_btf() {
+fn missing_btf_is_fatal_only_with_fallback_none() {
     require_root();
     let target = sleeper();
     let pid = target.pid().to_string();
-    let args = ["run", "--pid", &pid, "--listen", "127.0.0.1:0", "--btf", "/nonexistent/vmlinux"];
+    let args = ["run", "--pid", &pid, "--listen", "127.0.0.1:0", "--fallback", "none", "--btf", "/nonexistent/vmlinux"];
     assert_one_line_error(&args, 1, "cannot read kernel BTF from /nonexistent/vmlinux");
     // Present but not BTF: a directory, and a file of something else.
     for bad in ["/proc", "/etc/hostname"] {
-        let args = ["run", "--pid", &pid, "--listen", "127.0.0.1:0", "--btf", bad];
+        let args = ["run", "--pid", &pid, "--listen", "127.0.0.1:0", "--fallback", "none", "--btf", bad];
         assert_one_line_error(&args, 1, &format!("cannot read kernel BTF from {bad}"));
     }
+}
+
+/// Without usable BTF the programs cannot be relocated: the observer says so
+/// and polls sock_diag, which needs none, instead of giving up.
+#[test]
+fn missing_btf_degrades_to_sock_diag_with_a_warning() {
+    require_root();
+    let target = sleeper();
+    let pid = target.pid().to_string();
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let child = Command::new(common::OBSERVER)
+        .args(["run", "--pid", &pid, "--listen", &addr, "--no-pin", "--btf", "/nonexistent/vmlinux"])
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start observer");
+    let mut obs = Proc { child, name: "observer" };
+    let body = common::wait_for(std::time::Duration::from_secs(20), "/metrics in sock_diag mode", || {
+        common::http_get(&addr, "/metrics").ok().filter(|(code, _)| *code == 200).map(|(_, b)| b)
+    });
+    assert!(body.contains("observer_probe_info{hook=\"sockets\",method=\"sock_diag\"} 1"), "{body}");
+    assert!(body.contains("observer_target_up 1"), "{body}");
+    assert!(!body.contains("observer_retransmits_total"), "event counters absent, not zero");
+    obs.stop();
+    let mut err = String::new();
+    use std::io::Read;
+    obs.child.stderr.take().expect("stderr").read_to_string(&mut err).expect("stderr");
+    assert!(err.contains("cannot read kernel BTF from /nonexistent/vmlinux") && err.contains("sock_diag"), "{err}");
 }
 
 #[test]

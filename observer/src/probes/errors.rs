@@ -33,6 +33,16 @@ impl ProbeError {
     pub fn bpf_refused(&self) -> bool {
         matches!(self, ProbeError::Permission(_) | ProbeError::Unsupported(_))
     }
+
+    /// The kernel's BTF is missing, unreadable, or lacks a struct or field
+    /// the programs need: they cannot be relocated, but sock_diag needs no BTF.
+    pub fn no_usable_btf(&self) -> bool {
+        use super::offsets::OffsetError;
+        matches!(
+            self,
+            ProbeError::Offsets(OffsetError::Unreadable { .. } | OffsetError::NoStruct(_) | OffsetError::NoField { .. })
+        )
+    }
 }
 
 /// Whether an aya error was, at its root, the kernel refusing permission.

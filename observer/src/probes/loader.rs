@@ -92,7 +92,7 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
             .map_err(|e| ProbeError::RequiredHook { hook: Hook::Sockets, tried: format!("sock_diag: {e}") });
     }
     match load_bpf(opts) {
-        Err(e) if opts.fallback && e.bpf_refused() => match sock_diag_only(opts, e.to_string()) {
+        Err(e) if opts.fallback && (e.bpf_refused() || e.no_usable_btf()) => match sock_diag_only(opts, e.to_string()) {
             Ok(probes) => {
                 log::warn!(
                     "{e}; polling the kernel's socket diagnostics (sock_diag) instead: gauges and zombie \
