@@ -162,7 +162,9 @@ fn netem_missing() -> Option<String> {
 fn test(extra: &[String]) -> Result<()> {
     // Integration tests share the kernel and namespaces: one at a time.
     let mut args: Vec<String> =
-        ["test", "--workspace", "--exclude", "observer-ebpf", "--lib", "--bins", "--tests"].map(String::from).to_vec();
+        ["test", "--workspace", "--exclude", "observer-ebpf", "--no-fail-fast", "--lib", "--bins", "--tests"]
+            .map(String::from)
+            .to_vec();
     args.extend(extra.iter().cloned());
     if !extra.iter().any(|a| a == "--") {
         args.push("--".into());
