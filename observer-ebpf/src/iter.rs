@@ -97,11 +97,7 @@ fn full(sk: u64, rec: &mut SockRecord) {
         jiffies: unsafe { bpf_jiffies64() } as u32,
         rcv_tstamp: read(sk, off!(rcv_tstamp)),
         // Offset 0 marks a kernel without the field.
-        probes_tstamp: if off!(icsk_probes_tstamp) != 0 {
-            read(sk, off!(icsk_probes_tstamp))
-        } else {
-            0
-        },
+        probes_tstamp: if off!(icsk_probes_tstamp) != 0 { read(sk, off!(icsk_probes_tstamp)) } else { 0 },
         rto: read(sk, off!(icsk_rto)),
         total_retrans: kernel::total_retrans(sk),
         ktime_us: unsafe { bpf_ktime_get_ns() } / 1000,

@@ -15,8 +15,7 @@ mod track;
 use aya_ebpf::{
     macros::{btf_tracepoint, fentry, fexit, kprobe, raw_tracepoint, tracepoint},
     programs::{
-        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext,
-        TracePointContext,
+        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext, TracePointContext,
     },
 };
 use kernel::off;

@@ -2,9 +2,7 @@
 //! hook ends up here with the socket's address, so the policy is written once.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use observer_common::{
-    FLAG_APP_CLOSED, FLAG_COUNTED_OPEN, PortKey, SockEvents, drop_reason, tcp_state, timer,
-};
+use observer_common::{FLAG_APP_CLOSED, FLAG_COUNTED_OPEN, PortKey, SockEvents, drop_reason, tcp_state, timer};
 
 use crate::{
     kernel,
@@ -45,7 +43,7 @@ fn start(sk: u64, owner: u32, flags: u32, now: u64, birth: bool) -> bool {
     // what another CPU recorded first.
     match SOCKS.insert(sk, events, if birth { 0 } else { 1 }) {
         Ok(()) => true,
-        Err(e) if e == -17 => true, // EEXIST
+        Err(-17) => true, // EEXIST
         Err(_) => {
             count_drop(drop_reason::SOCKET_MAP_FULL);
             false
@@ -138,11 +136,7 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
     }
     if old == tcp_state::SYN_RECV && new == tcp_state::ESTABLISHED {
         // Passive open, in softirq: attribute by the listening port.
-        let key = PortKey {
-            netns: kernel::netns(sk),
-            port: kernel::local_port(sk),
-            _pad: 0,
-        };
+        let key = PortKey { netns: kernel::netns(sk), port: kernel::local_port(sk), _pad: 0 };
         if let Some(owner) = TARGET_PORTS.get_ptr(key) {
             let owner = unsafe { *owner };
             if start(sk, owner, FLAG_COUNTED_OPEN, now, true) {

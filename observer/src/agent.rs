@@ -37,15 +37,8 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     probes: &mut Probes,
     name: &'static str,
 ) -> Result<T, ProbeError> {
-    let map = probes
-        .ebpf
-        .as_mut()
-        .and_then(|e| e.take_map(name))
-        .ok_or(ProbeError::MissingMap(name))?;
-    T::try_from(map).map_err(|e| ProbeError::Map {
-        name,
-        reason: e.to_string(),
-    })
+    let map = probes.ebpf.as_mut().and_then(|e| e.take_map(name)).ok_or(ProbeError::MissingMap(name))?;
+    T::try_from(map).map_err(|e| ProbeError::Map { name, reason: e.to_string() })
 }
 
 impl KernelMaps {
@@ -126,9 +119,7 @@ pub fn own_map_memory() -> u64 {
         .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
         .filter(|info| info.contains("map_type:"))
         .filter_map(|info| {
-            info.lines()
-                .find_map(|l| l.strip_prefix("memlock:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
+            info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse::<u64>().ok())
         })
         .sum()
 }
@@ -138,10 +129,7 @@ const FULL_SCAN_EVERY: u32 = 10;
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -150,10 +138,7 @@ pub fn monotonic_ns() -> u64 {
 /// Length of a kernel tick (jiffy) in ns: the resolution of the coarse
 /// clock is exactly one tick, which spares guessing CONFIG_HZ.
 pub fn jiffy_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: valid pointer; an unsupported clock leaves ts zeroed -> 0 (unknown).
     unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -206,16 +191,11 @@ impl Agent {
                 }
             }
             self.metrics.sweeps.inc();
-            self.metrics
-                .sweep_duration
-                .set(started.elapsed().as_secs_f64());
+            self.metrics.sweep_duration.set(started.elapsed().as_secs_f64());
             // Sleep in small steps so shutdown is prompt.
             let deadline = started + interval;
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                std::thread::sleep(
-                    Duration::from_millis(20)
-                        .min(deadline.saturating_duration_since(Instant::now())),
-                );
+                std::thread::sleep(Duration::from_millis(20).min(deadline.saturating_duration_since(Instant::now())));
             }
         }
     }
@@ -246,14 +226,8 @@ impl Agent {
 
     /// Whether any target lives in another network namespace than ours.
     pub fn needs_setns(&self) -> bool {
-        let pids = self
-            .shared
-            .pids
-            .lock()
-            .map(|p| p.clone())
-            .unwrap_or_default();
-        pids.iter()
-            .any(|&p| target::procfs::netns_inode(p).ok() != self.own_netns)
+        let pids = self.shared.pids.lock().map(|p| p.clone()).unwrap_or_default();
+        pids.iter().any(|&p| target::procfs::netns_inode(p).ok() != self.own_netns)
     }
 
     /// Whether kernel events are observed (the probes are attached), so
@@ -297,11 +271,7 @@ impl Agent {
         // listening port) before its file shows up in a file table; before
         // trusting them, read who holds it now.
         let mut full_scan = rescan;
-        if !full_scan
-            && self
-                .table
-                .needs_owner_scan(&records, &scan.inode_owner, &targets)
-        {
+        if !full_scan && self.table.needs_owner_scan(&records, &scan.inode_owner, &targets) {
             scan = target::scan(&pids);
             targets = scan.pids.iter().copied().collect();
             self.since_full_scan = 0;
@@ -316,14 +286,7 @@ impl Agent {
         let t_iter = t0.elapsed();
         let now = monotonic_ns();
         self.table.keep_unread(&self.unread_netns);
-        let actions = self.table.sweep(
-            now,
-            &records,
-            &scan.inode_owner,
-            &targets,
-            full_scan,
-            &self.thresholds,
-        );
+        let actions = self.table.sweep(now, &records, &scan.inode_owner, &targets, full_scan, &self.thresholds);
         debug!(
             "sweep: /proc scan {:?} ({} target sockets{}), socket read {:?} ({} records), table {:?}",
             t_scan,
@@ -348,8 +311,7 @@ impl Agent {
         let mut owners: Vec<u32> = self.table.known_owners().iter().copied().collect();
         owners.extend(&targets);
         self.sync_tgids(&owners);
-        self.metrics
-            .add_dropped(metrics::DROP_EVICTED, actions.evicted);
+        self.metrics.add_dropped(metrics::DROP_EVICTED, actions.evicted);
         self.sync_ports(actions.listen_ports);
         let owners: HashSet<u32> = owners.into_iter().collect();
         self.collect_counters(&owners);
@@ -377,11 +339,7 @@ impl Agent {
         }
         *self.shared.pids.lock().unwrap_or_else(|p| p.into_inner()) = scan.pids.clone();
         self.scan = Some(scan);
-        *self
-            .shared
-            .last_sweep
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+        *self.shared.last_sweep.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         Ok(())
     }
 
@@ -439,7 +397,8 @@ impl Agent {
         // Namespaces of the targets, and those where a former target still
         // owns sockets (a crashed worker's orphans live on after it), entered
         // through a handle kept from when a process of it was alive.
-        let mut namespaces: Vec<(u64, Option<u32>)> = scan.netns.iter().map(|(ns, pids)| (*ns, pids.first().copied())).collect();
+        let mut namespaces: Vec<(u64, Option<u32>)> =
+            scan.netns.iter().map(|(ns, pids)| (*ns, pids.first().copied())).collect();
         let targets: HashSet<u32> = scan.pids.iter().copied().collect();
         let mut orphaned: Vec<u64> = self
             .table
@@ -497,19 +456,11 @@ impl Agent {
             return;
         };
         let alive: HashSet<u64> = records.iter().map(|r| r.sk).collect();
-        let stale: Vec<u64> = maps
-            .socks
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|sk| !alive.contains(sk))
-            .collect();
+        let stale: Vec<u64> = maps.socks.keys().filter_map(Result::ok).filter(|sk| !alive.contains(sk)).collect();
         for sk in &stale {
             let _ = maps.socks.remove(sk);
         }
-        log::info!(
-            "dropped {} entries of sockets that closed while no observer ran",
-            stale.len()
-        );
+        log::info!("dropped {} entries of sockets that closed while no observer ran", stale.len());
     }
 
     fn sync_tgids(&mut self, pids: &[u32]) {
@@ -538,11 +489,7 @@ impl Agent {
         let Some(maps) = self.maps.as_mut() else {
             return;
         };
-        let key = |(netns, port): (u32, u16)| PortKey {
-            netns,
-            port,
-            _pad: 0,
-        };
+        let key = |(netns, port): (u32, u16)| PortKey { netns, port, _pad: 0 };
         for (k, _) in self.ports.iter().filter(|(k, _)| !want.contains_key(k)) {
             let _ = maps.ports.remove(&key(*k));
         }
@@ -563,12 +510,7 @@ impl Agent {
         let Some(maps) = self.maps.as_mut() else {
             return;
         };
-        let known: HashSet<u32> = self
-            .last_counters
-            .keys()
-            .copied()
-            .chain(targets.iter().copied())
-            .collect();
+        let known: HashSet<u32> = self.last_counters.keys().copied().chain(targets.iter().copied()).collect();
         for pid in known {
             let now = match maps.counters.get(&pid, 0) {
                 Ok(per_cpu) => per_cpu.iter().fold(ProcCounters::default(), |mut a, c| {
@@ -586,10 +528,8 @@ impl Agent {
             let d = |n: u64, b: u64| n.saturating_sub(b);
             let e = &self.metrics.events;
             e.retransmits.inc_by(d(now.retransmits, before.retransmits));
-            e.rto_timeouts
-                .inc_by(d(now.rto_timeouts, before.rto_timeouts));
-            e.zero_window_probes
-                .inc_by(d(now.zero_window_probes, before.zero_window_probes));
+            e.rto_timeouts.inc_by(d(now.rto_timeouts, before.rto_timeouts));
+            e.zero_window_probes.inc_by(d(now.zero_window_probes, before.zero_window_probes));
             e.loss_probes.inc_by(d(now.loss_probes, before.loss_probes));
             e.opened.inc_by(d(now.opened, before.opened));
             e.closed.inc_by(d(now.closed, before.closed));
@@ -612,8 +552,7 @@ impl Agent {
             };
             let total: u64 = per_cpu.iter().sum();
             let slot = &mut self.last_drops[reason as usize];
-            self.metrics
-                .add_dropped(reason as usize, total.saturating_sub(*slot));
+            self.metrics.add_dropped(reason as usize, total.saturating_sub(*slot));
             *slot = total;
         }
     }

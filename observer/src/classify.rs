@@ -29,11 +29,7 @@ pub enum ZombieReason {
 }
 
 impl ZombieReason {
-    pub const ALL: [ZombieReason; 3] = [
-        ZombieReason::DeadPeer,
-        ZombieReason::CloseWait,
-        ZombieReason::Orphaned,
-    ];
+    pub const ALL: [ZombieReason; 3] = [ZombieReason::DeadPeer, ZombieReason::CloseWait, ZombieReason::Orphaned];
     pub fn label(self) -> &'static str {
         match self {
             ZombieReason::DeadPeer => "dead_peer",
@@ -138,9 +134,7 @@ impl Observed {
     }
 
     fn zero_window(&self) -> bool {
-        self.snd_wnd == 0
-            && self.unsent > 0
-            && (self.pending == timer::PROBE0 || self.probes_out > 0)
+        self.snd_wnd == 0 && self.unsent > 0 && (self.pending == timer::PROBE0 || self.probes_out > 0)
     }
 
     /// Retransmitting unacknowledged data, and neither ACK progress nor any
@@ -182,8 +176,7 @@ pub fn classify(o: &Observed, t: &Thresholds) -> Class {
     if o.orphan && o.queued() && silent {
         return Class::Zombie(ZombieReason::Orphaned);
     }
-    if o.state == tcp_state::CLOSE_WAIT && o.close_wait_for.is_some_and(|d| d >= t.close_wait_after)
-    {
+    if o.state == tcp_state::CLOSE_WAIT && o.close_wait_for.is_some_and(|d| d >= t.close_wait_after) {
         return Class::Zombie(ZombieReason::CloseWait);
     }
     if silent {
@@ -203,20 +196,11 @@ mod tests {
     const MS: fn(u64) -> Duration = Duration::from_millis;
 
     fn t() -> Thresholds {
-        Thresholds {
-            dead_after: S(5),
-            close_wait_after: S(10),
-            stall_after: S(3),
-        }
+        Thresholds { dead_after: S(5), close_wait_after: S(10), stall_after: S(3) }
     }
 
     fn est() -> Observed {
-        Observed {
-            state: tcp_state::ESTABLISHED,
-            snd_wnd: 65535,
-            rto: MS(204),
-            ..Default::default()
-        }
+        Observed { state: tcp_state::ESTABLISHED, snd_wnd: 65535, rto: MS(204), ..Default::default() }
     }
 
     fn rto_dead() -> Observed {
@@ -233,253 +217,82 @@ mod tests {
 
     /// A peer that stopped reading: zero window, persist timer armed.
     fn zero_window() -> Observed {
-        Observed {
-            snd_wnd: 0,
-            unsent: 50_000,
-            pending: timer::PROBE0,
-            zero_window_for: Some(S(4)),
-            ..est()
-        }
+        Observed { snd_wnd: 0, unsent: 50_000, pending: timer::PROBE0, zero_window_for: Some(S(4)), ..est() }
     }
 
     #[test]
     fn idle_and_flowing_sockets_are_healthy() {
         assert_eq!(classify(&est(), &t()), Class::Healthy);
-        let flowing = Observed {
-            unacked: 10_000,
-            unsent: 5_000,
-            ..est()
-        };
+        let flowing = Observed { unacked: 10_000, unsent: 5_000, ..est() };
         assert_eq!(classify(&flowing, &t()), Class::Healthy);
     }
 
     #[test]
     fn dead_peer_needs_outstanding_data_retransmissions_and_silence() {
-        assert_eq!(
-            classify(&rto_dead(), &t()),
-            Class::Zombie(ZombieReason::DeadPeer)
-        );
-        assert_eq!(
-            classify(
-                &Observed {
-                    no_progress_for: S(4),
-                    ..rto_dead()
-                },
-                &t()
-            ),
-            Class::Healthy,
-            "too early"
-        );
-        assert_eq!(
-            classify(
-                &Observed {
-                    silent_for: S(1),
-                    ..rto_dead()
-                },
-                &t()
-            ),
-            Class::Healthy,
-            "ACKs still come"
-        );
-        assert_eq!(
-            classify(
-                &Observed {
-                    retransmits: 0,
-                    backoff: 0,
-                    ..rto_dead()
-                },
-                &t()
-            ),
-            Class::Healthy
-        );
-        assert_eq!(
-            classify(
-                &Observed {
-                    unacked: 0,
-                    ..rto_dead()
-                },
-                &t()
-            ),
-            Class::Healthy,
-            "nothing outstanding"
-        );
+        assert_eq!(classify(&rto_dead(), &t()), Class::Zombie(ZombieReason::DeadPeer));
+        assert_eq!(classify(&Observed { no_progress_for: S(4), ..rto_dead() }, &t()), Class::Healthy, "too early");
+        assert_eq!(classify(&Observed { silent_for: S(1), ..rto_dead() }, &t()), Class::Healthy, "ACKs still come");
+        assert_eq!(classify(&Observed { retransmits: 0, backoff: 0, ..rto_dead() }, &t()), Class::Healthy);
+        assert_eq!(classify(&Observed { unacked: 0, ..rto_dead() }, &t()), Class::Healthy, "nothing outstanding");
     }
 
     #[test]
     fn handshakes_are_never_dead_and_a_stuck_connect_is_a_stall() {
-        let syn = Observed {
-            state: tcp_state::SYN_SENT,
-            connect_for: Some(S(4)),
-            ..rto_dead()
-        };
+        let syn = Observed { state: tcp_state::SYN_SENT, connect_for: Some(S(4)), ..rto_dead() };
         assert_eq!(classify(&syn, &t()), Class::Stalled(StallReason::Connect));
-        assert_eq!(
-            classify(
-                &Observed {
-                    connect_for: Some(S(2)),
-                    ..syn
-                },
-                &t()
-            ),
-            Class::Healthy
-        );
-        let recv = Observed {
-            state: tcp_state::SYN_RECV,
-            ..rto_dead()
-        };
+        assert_eq!(classify(&Observed { connect_for: Some(S(2)), ..syn }, &t()), Class::Healthy);
+        let recv = Observed { state: tcp_state::SYN_RECV, ..rto_dead() };
         assert_eq!(classify(&recv, &t()), Class::Healthy);
     }
 
     #[test]
     fn close_wait_counts_after_its_threshold() {
-        let cw = Observed {
-            state: tcp_state::CLOSE_WAIT,
-            close_wait_for: Some(S(11)),
-            ..est()
-        };
+        let cw = Observed { state: tcp_state::CLOSE_WAIT, close_wait_for: Some(S(11)), ..est() };
         assert_eq!(classify(&cw, &t()), Class::Zombie(ZombieReason::CloseWait));
-        assert_eq!(
-            classify(
-                &Observed {
-                    close_wait_for: Some(S(9)),
-                    ..cw
-                },
-                &t()
-            ),
-            Class::Healthy
-        );
-        assert_eq!(
-            classify(
-                &Observed {
-                    close_wait_for: None,
-                    ..cw
-                },
-                &t()
-            ),
-            Class::Healthy
-        );
+        assert_eq!(classify(&Observed { close_wait_for: Some(S(9)), ..cw }, &t()), Class::Healthy);
+        assert_eq!(classify(&Observed { close_wait_for: None, ..cw }, &t()), Class::Healthy);
     }
 
     #[test]
     fn orphans_are_zombies_only_without_progress() {
-        let stuck = Observed {
-            state: tcp_state::FIN_WAIT1,
-            orphan: true,
-            ..rto_dead()
-        };
-        assert_eq!(
-            classify(&stuck, &t()),
-            Class::Zombie(ZombieReason::Orphaned)
-        );
-        let draining = Observed {
-            no_progress_for: MS(300),
-            silent_for: MS(10),
-            ..stuck
-        };
-        assert_eq!(
-            classify(&draining, &t()),
-            Class::Healthy,
-            "a draining orphan is a state"
-        );
-        let fin = Observed {
-            unacked: 1,
-            retransmits: 0,
-            backoff: 0,
-            no_progress_for: MS(20),
-            silent_for: S(30),
-            ..stuck
-        };
-        assert_eq!(
-            classify(&fin, &t()),
-            Class::Healthy,
-            "a FIN awaiting its ACK"
-        );
-        let drained = Observed {
-            unacked: 0,
-            unsent: 0,
-            ..stuck
-        };
+        let stuck = Observed { state: tcp_state::FIN_WAIT1, orphan: true, ..rto_dead() };
+        assert_eq!(classify(&stuck, &t()), Class::Zombie(ZombieReason::Orphaned));
+        let draining = Observed { no_progress_for: MS(300), silent_for: MS(10), ..stuck };
+        assert_eq!(classify(&draining, &t()), Class::Healthy, "a draining orphan is a state");
+        let fin =
+            Observed { unacked: 1, retransmits: 0, backoff: 0, no_progress_for: MS(20), silent_for: S(30), ..stuck };
+        assert_eq!(classify(&fin, &t()), Class::Healthy, "a FIN awaiting its ACK");
+        let drained = Observed { unacked: 0, unsent: 0, ..stuck };
         assert_eq!(classify(&drained, &t()), Class::Healthy);
     }
 
     #[test]
     fn zero_window_is_a_stall_while_probes_are_answered() {
         let slow = zero_window();
-        assert_eq!(
-            classify(&slow, &t()),
-            Class::Stalled(StallReason::ZeroWindow)
-        );
-        assert_eq!(
-            classify(
-                &Observed {
-                    zero_window_for: Some(S(2)),
-                    ..slow
-                },
-                &t()
-            ),
-            Class::Healthy
-        );
+        assert_eq!(classify(&slow, &t()), Class::Stalled(StallReason::ZeroWindow));
+        assert_eq!(classify(&Observed { zero_window_for: Some(S(2)), ..slow }, &t()), Class::Healthy);
         // Probes far apart (backoff): the last ACK is old, but the one probe
         // just sent is younger than the RTO — the reader may yet answer.
-        let waiting = Observed {
-            probes_out: 1,
-            probe_unanswered_for: Some(MS(50)),
-            silent_for: S(60),
-            ..slow
-        };
-        assert_eq!(
-            classify(&waiting, &t()),
-            Class::Stalled(StallReason::ZeroWindow)
-        );
+        let waiting = Observed { probes_out: 1, probe_unanswered_for: Some(MS(50)), silent_for: S(60), ..slow };
+        assert_eq!(classify(&waiting, &t()), Class::Stalled(StallReason::ZeroWindow));
     }
 
     #[test]
     fn one_unanswered_probe_older_than_the_rto_is_a_dead_peer() {
-        let gone = Observed {
-            probes_out: 1,
-            probe_unanswered_for: Some(MS(300)),
-            silent_for: S(6),
-            ..zero_window()
-        };
+        let gone = Observed { probes_out: 1, probe_unanswered_for: Some(MS(300)), silent_for: S(6), ..zero_window() };
         assert_eq!(classify(&gone, &t()), Class::Zombie(ZombieReason::DeadPeer));
+        assert_eq!(classify(&Observed { silent_for: S(2), ..gone }, &t()), Class::Stalled(StallReason::ZeroWindow));
         assert_eq!(
-            classify(
-                &Observed {
-                    silent_for: S(2),
-                    ..gone
-                },
-                &t()
-            ),
+            classify(&Observed { probe_unanswered_for: None, ..gone }, &t()),
             Class::Stalled(StallReason::ZeroWindow)
         );
-        assert_eq!(
-            classify(
-                &Observed {
-                    probe_unanswered_for: None,
-                    ..gone
-                },
-                &t()
-            ),
-            Class::Stalled(StallReason::ZeroWindow)
-        );
-        let orphan = Observed {
-            orphan: true,
-            state: tcp_state::FIN_WAIT1,
-            ..gone
-        };
-        assert_eq!(
-            classify(&orphan, &t()),
-            Class::Zombie(ZombieReason::Orphaned)
-        );
+        let orphan = Observed { orphan: true, state: tcp_state::FIN_WAIT1, ..gone };
+        assert_eq!(classify(&orphan, &t()), Class::Zombie(ZombieReason::Orphaned));
     }
 
     #[test]
     fn listeners_are_never_zombies() {
-        let l = Observed {
-            state: tcp_state::LISTEN,
-            orphan: true,
-            ..rto_dead()
-        };
+        let l = Observed { state: tcp_state::LISTEN, orphan: true, ..rto_dead() };
         assert_eq!(classify(&l, &t()), Class::Healthy);
     }
 }

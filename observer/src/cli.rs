@@ -267,7 +267,9 @@ fn parse_forced(s: &str) -> Result<(Hook, Method), String> {
         .find(|x| x.name() == h)
         .ok_or_else(|| format!("unknown hook `{h}` (send, close, state, timer, retransmit, sockets)"))?;
     let method = Method::parse(m).ok_or_else(|| {
-        format!("unknown method `{m}` (fentry, fexit, kprobe, tp_btf, raw_tracepoint, tracepoint, iter, sweep, sock_diag)")
+        format!(
+            "unknown method `{m}` (fentry, fexit, kprobe, tp_btf, raw_tracepoint, tracepoint, iter, sweep, sock_diag)"
+        )
     })?;
     Ok((hook, method))
 }

@@ -70,7 +70,14 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(registry: Registry, metrics: Metrics, shared: Arc<Shared>, stale_after: Duration, max_pids: usize, pss: bool) -> Self {
+    pub fn new(
+        registry: Registry,
+        metrics: Metrics,
+        shared: Arc<Shared>,
+        stale_after: Duration,
+        max_pids: usize,
+        pss: bool,
+    ) -> Self {
         State { registry, metrics, shared, stale_after, max_pids, pss, scrape: Mutex::new(()) }
     }
 }
@@ -101,8 +108,10 @@ struct AcceptBackoff {
 
 impl AcceptBackoff {
     fn on_error(&mut self, e: &io::Error) -> Option<Duration> {
-        if matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted)
-            || e.raw_os_error() == Some(libc::EPROTO)
+        if matches!(
+            e.kind(),
+            io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset | io::ErrorKind::Interrupted
+        ) || e.raw_os_error() == Some(libc::EPROTO)
         {
             debug!("accept: {e}");
             return None;

@@ -139,9 +139,23 @@ impl Metrics {
     pub fn register(&self, events: bool, pss: bool) -> Registry {
         let mut r = Registry::with_prefix("observer");
         r.register("target_up", "1 while at least one target process exists", self.target_up.clone());
-        r.register("target_processes", "Number of processes matched by the target selector", self.target_processes.clone());
-        r.register_with_unit("target_rss", "Resident memory of the target (VmRSS), sampled at scrape time", Unit::Bytes, self.target_rss.clone());
-        r.register_with_unit("target_rss_anon", "Anonymous resident memory of the target (RssAnon: heap and buffers), sampled at scrape time", Unit::Bytes, self.target_rss_anon.clone());
+        r.register(
+            "target_processes",
+            "Number of processes matched by the target selector",
+            self.target_processes.clone(),
+        );
+        r.register_with_unit(
+            "target_rss",
+            "Resident memory of the target (VmRSS), sampled at scrape time",
+            Unit::Bytes,
+            self.target_rss.clone(),
+        );
+        r.register_with_unit(
+            "target_rss_anon",
+            "Anonymous resident memory of the target (RssAnon: heap and buffers), sampled at scrape time",
+            Unit::Bytes,
+            self.target_rss_anon.clone(),
+        );
         if pss {
             r.register_with_unit(
                 "target_pss",
@@ -150,36 +164,113 @@ impl Metrics {
                 self.target_pss.clone(),
             );
         }
-        r.register("tcp_sockets", "Target TCP sockets by state, orphans the target closed included", self.tcp_sockets.clone());
-        r.register("zombie_sockets", "Target sockets that will never make progress: dead_peer, close_wait, orphaned", self.zombie_sockets.clone());
+        r.register(
+            "tcp_sockets",
+            "Target TCP sockets by state, orphans the target closed included",
+            self.tcp_sockets.clone(),
+        );
+        r.register(
+            "zombie_sockets",
+            "Target sockets that will never make progress: dead_peer, close_wait, orphaned",
+            self.zombie_sockets.clone(),
+        );
         r.register("stalled_sockets", "Target sockets stalled but not dead: zero_window (a live peer reads too slowly), connect (an outbound connect unanswered)", self.stalled_sockets.clone());
-        r.register_with_unit("unsent", "Bytes written by the target that the kernel has not sent yet, over all its sockets", Unit::Bytes, self.unsent.clone());
-        r.register_with_unit("unacked", "Bytes sent but not acknowledged by the peer, over all target sockets", Unit::Bytes, self.unacked.clone());
-        r.register_with_unit("send_queue", "Unsent plus unacked bytes (ss Send-Q), over all target sockets", Unit::Bytes, self.send_queue.clone());
-        r.register_with_unit("zombie_queued", "Send-queue bytes held in zombie and stalled sockets, by reason", Unit::Bytes, self.zombie_queued.clone());
+        r.register_with_unit(
+            "unsent",
+            "Bytes written by the target that the kernel has not sent yet, over all its sockets",
+            Unit::Bytes,
+            self.unsent.clone(),
+        );
+        r.register_with_unit(
+            "unacked",
+            "Bytes sent but not acknowledged by the peer, over all target sockets",
+            Unit::Bytes,
+            self.unacked.clone(),
+        );
+        r.register_with_unit(
+            "send_queue",
+            "Unsent plus unacked bytes (ss Send-Q), over all target sockets",
+            Unit::Bytes,
+            self.send_queue.clone(),
+        );
+        r.register_with_unit(
+            "zombie_queued",
+            "Send-queue bytes held in zombie and stalled sockets, by reason",
+            Unit::Bytes,
+            self.zombie_queued.clone(),
+        );
         if events {
             r.register("retransmits", "Segments retransmitted on target sockets", self.events.retransmits.clone());
-            r.register("rto_timeouts", "Retransmission timeouts (RTO) on target sockets", self.events.rto_timeouts.clone());
-            r.register("zero_window_probes", "Zero-window (persist timer) probes sent on target sockets", self.events.zero_window_probes.clone());
+            r.register(
+                "rto_timeouts",
+                "Retransmission timeouts (RTO) on target sockets",
+                self.events.rto_timeouts.clone(),
+            );
+            r.register(
+                "zero_window_probes",
+                "Zero-window (persist timer) probes sent on target sockets",
+                self.events.zero_window_probes.clone(),
+            );
             r.register("loss_probes", "Tail-loss probes sent on target sockets", self.events.loss_probes.clone());
-            r.register("connections_opened", "Target connections seen becoming established", self.events.opened.clone());
-            r.register("connections_closed", "Target connections seen opening, then closing", self.events.closed.clone());
+            r.register(
+                "connections_opened",
+                "Target connections seen becoming established",
+                self.events.opened.clone(),
+            );
+            r.register(
+                "connections_closed",
+                "Target connections seen opening, then closing",
+                self.events.closed.clone(),
+            );
         }
         r.register("tracked_sockets", "Sockets in the observer's table (all targets)", self.tracked_sockets.clone());
-        r.register("events_dropped", "Events or sockets the observer could not account for, by reason", self.events_dropped.clone());
+        r.register(
+            "events_dropped",
+            "Events or sockets the observer could not account for, by reason",
+            self.events_dropped.clone(),
+        );
         r.register("probe_info", "Attach method each hook uses on this kernel (value 1)", self.probe_info.clone());
         r.register("sweeps", "Reconciliation sweeps against the kernel's socket table", self.sweeps.clone());
         r.register("sweep_errors", "Sweeps that failed", self.sweep_errors.clone());
-        r.register_with_unit("sweep_duration", "Duration of the last sweep", Unit::Seconds, self.sweep_duration.clone());
-        r.register_with_unit("kernel_map", "Kernel memory of the observer's BPF maps (memlock, as the kernel accounts it)", Unit::Bytes, self.kernel_map.clone());
+        r.register_with_unit(
+            "sweep_duration",
+            "Duration of the last sweep",
+            Unit::Seconds,
+            self.sweep_duration.clone(),
+        );
+        r.register_with_unit(
+            "kernel_map",
+            "Kernel memory of the observer's BPF maps (memlock, as the kernel accounts it)",
+            Unit::Bytes,
+            self.kernel_map.clone(),
+        );
         if let Some(p) = &self.per_pid {
-            r.register_with_unit("process_rss", "Resident memory (VmRSS) of each target process, at scrape time", Unit::Bytes, p.rss.clone());
+            r.register_with_unit(
+                "process_rss",
+                "Resident memory (VmRSS) of each target process, at scrape time",
+                Unit::Bytes,
+                p.rss.clone(),
+            );
             if pss {
-                r.register_with_unit("process_pss", "Proportional resident memory (Pss) of each target process, at scrape time", Unit::Bytes, p.pss.clone());
+                r.register_with_unit(
+                    "process_pss",
+                    "Proportional resident memory (Pss) of each target process, at scrape time",
+                    Unit::Bytes,
+                    p.pss.clone(),
+                );
             }
-            r.register("process_established_sockets", "ESTABLISHED sockets of each target process", p.established.clone());
+            r.register(
+                "process_established_sockets",
+                "ESTABLISHED sockets of each target process",
+                p.established.clone(),
+            );
             r.register("process_zombie_sockets", "Zombie sockets of each target process, by reason", p.zombies.clone());
-            r.register_with_unit("process_send_queue", "Unsent plus unacked bytes of each target process", Unit::Bytes, p.send_queue.clone());
+            r.register_with_unit(
+                "process_send_queue",
+                "Unsent plus unacked bytes of each target process",
+                Unit::Bytes,
+                p.send_queue.clone(),
+            );
         }
         // Every label value exists from the start, so alerts and dashboards
         // see a 0 rather than no series.
@@ -234,7 +325,9 @@ impl Metrics {
             p.established.get_or_create(&PidLabel { pid }).set(*s.by_state.get(&1).unwrap_or(&0) as i64);
             p.send_queue.get_or_create(&PidLabel { pid }).set((s.unsent + s.unacked) as i64);
             for r in ZombieReason::ALL {
-                p.zombies.get_or_create(&PidReasonLabel { pid, reason: r.label() }).set(*s.zombies.get(&r).unwrap_or(&0) as i64);
+                p.zombies
+                    .get_or_create(&PidReasonLabel { pid, reason: r.label() })
+                    .set(*s.zombies.get(&r).unwrap_or(&0) as i64);
             }
         }
     }
@@ -328,7 +421,14 @@ mod tests {
     fn without_events_their_counters_are_absent_not_zero() {
         let m = Metrics::default();
         let text = encode(&m.register(false, false)).expect("encodes");
-        for name in ["retransmits", "rto_timeouts", "zero_window_probes", "loss_probes", "connections_opened", "connections_closed"] {
+        for name in [
+            "retransmits",
+            "rto_timeouts",
+            "zero_window_probes",
+            "loss_probes",
+            "connections_opened",
+            "connections_closed",
+        ] {
             assert!(!text.contains(&format!("observer_{name}")), "{name} registered without events:\n{text}");
         }
         assert!(text.contains("\nobserver_send_queue_bytes 0\n"), "gauges stay");
@@ -343,7 +443,8 @@ mod tests {
         let m = Metrics { per_pid: Some(PerPid::default()), ..Metrics::default() };
         let r = m.register(true, true);
         let p = |pid, rss, pss| ProcMemory { pid, rss, rss_anon: rss / 2, pss };
-        let sample = MemorySample { each: vec![p(10, 400, Some(100)), p(11, 600, None)], rss: 1000, rss_anon: 500, pss: 100 };
+        let sample =
+            MemorySample { each: vec![p(10, 400, Some(100)), p(11, 600, None)], rss: 1000, rss_anon: 500, pss: 100 };
         m.publish_memory(&sample, 64);
         let text = encode(&r).expect("encodes");
         assert!(text.contains("\nobserver_target_pss_bytes 100\n"), "{text}");

@@ -216,7 +216,8 @@ fn pin_dir_with_contents_is_never_mounted_over() {
     }
 
     // The same on a tmpfs with a file on it.
-    let status = Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "obs-test", &d]).status().expect("mount tmpfs");
+    let status =
+        Command::new("mount").args(["-t", "tmpfs", "-o", "size=1m", "obs-test", &d]).status().expect("mount tmpfs");
     assert!(status.success());
     std::fs::write(&keep, "on tmpfs").expect("a file on tmpfs");
     assert_one_line_error(&["run", "--pid", &pid, "--listen", "127.0.0.1:0", "--pin-dir", &d], 1, "is not empty");

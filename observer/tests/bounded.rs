@@ -36,7 +36,11 @@ fn scrapes_get_through_while_bad_clients_hold_connections() {
         g.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
         let mut buf = Vec::new();
         let _ = g.read_to_end(&mut buf);
-        assert!(buf.is_empty() || buf.starts_with(b"HTTP/1.1 400"), "garbage gets 400 or a close: {:?}", String::from_utf8_lossy(&buf));
+        assert!(
+            buf.is_empty() || buf.starts_with(b"HTTP/1.1 400"),
+            "garbage gets 400 or a close: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
     }
     for _ in 0..5 {
         let t = Instant::now();

@@ -13,12 +13,8 @@ fn every_program_passes_the_verifier_where_the_kernel_lets_it_load() {
     let out = Command::new(OBSERVER).args(["check", "--verify"]).env("RUST_LOG", "off").output().expect("run check");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "check failed: {}\n{text}", String::from_utf8_lossy(&out.stderr));
-    let verdicts: Vec<&str> = text
-        .lines()
-        .skip_while(|l| !l.starts_with("verifier"))
-        .skip(1)
-        .take_while(|l| l.starts_with("  "))
-        .collect();
+    let verdicts: Vec<&str> =
+        text.lines().skip_while(|l| !l.starts_with("verifier")).skip(1).take_while(|l| l.starts_with("  ")).collect();
     assert!(verdicts.len() >= 18, "one line per method: {text}");
     for line in &verdicts {
         let cols: Vec<&str> = line.split_whitespace().collect();

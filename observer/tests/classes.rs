@@ -63,9 +63,34 @@ fn quiet_retransmits(obs: &Observer, ns: &str) -> (u64, u64) {
 fn every_class_holds_per_socket_on_every_sweep() {
     require_root();
     let lab = start_lab(&[
-        "--healthy", "2", "--slow", "2", "--vanish", "2", "--halfclose", "1", "--orphan", "1", "--drain", "2",
-        "--stallgone", "2", "--stallgone-after-ms", "5000", "--idleclose", "1", "--idle-fin-after-ms", "7000",
-        "--blackhole", "2", "--burst", "1048576", "--orphan-close-after-ms", "6000", "--duration-secs", "170",
+        "--healthy",
+        "2",
+        "--slow",
+        "2",
+        "--vanish",
+        "2",
+        "--halfclose",
+        "1",
+        "--orphan",
+        "1",
+        "--drain",
+        "2",
+        "--stallgone",
+        "2",
+        "--stallgone-after-ms",
+        "5000",
+        "--idleclose",
+        "1",
+        "--idle-fin-after-ms",
+        "7000",
+        "--blackhole",
+        "2",
+        "--burst",
+        "1048576",
+        "--orphan-close-after-ms",
+        "6000",
+        "--duration-secs",
+        "170",
     ]);
     let ns = lab.server_netns.clone().expect("the lab runs the server in a namespace");
     let pid = lab.server_pid.to_string();
@@ -97,7 +122,11 @@ fn every_class_holds_per_socket_on_every_sweep() {
         }
         let class = look.class_of(&idle.local, &idle.peer);
         if last_estab.is_some_and(|t| look.at < t + Duration::from_secs_f64(CW_AFTER)) {
-            assert_eq!(class, "healthy", "sweep {}: idle connection a zombie before its FIN is {CW_AFTER} s old", look.sweep);
+            assert_eq!(
+                class, "healthy",
+                "sweep {}: idle connection a zombie before its FIN is {CW_AFTER} s old",
+                look.sweep
+            );
             idle_checks.0 += 1;
         }
         if first_cw.is_some_and(|t| look.at >= t + Duration::from_secs_f64(CW_AFTER + INTERVAL + 0.5)) {
@@ -107,11 +136,7 @@ fn every_class_holds_per_socket_on_every_sweep() {
         if mismatches(&lab, &look, false).is_empty() && idle_checks.1 > 0 {
             break;
         }
-        assert!(
-            Instant::now() < settle_deadline,
-            "not settled after 60 s: {:?}",
-            mismatches(&lab, &look, false)
-        );
+        assert!(Instant::now() < settle_deadline, "not settled after 60 s: {:?}", mismatches(&lab, &look, false));
     }
     assert!(idle_checks.0 >= 3, "the idle connection was checked before its FIN aged ({idle_checks:?})");
 
@@ -150,8 +175,19 @@ fn every_class_holds_per_socket_on_every_sweep() {
 fn a_crashed_workers_orphans_stay_its_zombies() {
     require_root();
     let lab = start_lab(&[
-        "--server-comm", "obscrashsrv", "--allow-server-exit", "--healthy", "1", "--vanish", "2", "--orphan", "1",
-        "--orphan-close-after-ms", "2000", "--duration-secs", "120",
+        "--server-comm",
+        "obscrashsrv",
+        "--allow-server-exit",
+        "--healthy",
+        "1",
+        "--vanish",
+        "2",
+        "--orphan",
+        "1",
+        "--orphan-close-after-ms",
+        "2000",
+        "--duration-secs",
+        "120",
     ]);
     let ns = lab.server_netns.clone().expect("server namespace");
     let mut args = vec!["--comm", "obscrashsrv", "--no-pin"];
@@ -179,6 +215,10 @@ fn a_crashed_workers_orphans_stay_its_zombies() {
             assert_eq!(look.class_of(&s.local, &s.peer), want, "sweep {}: {role} {s:?}", look.sweep);
         }
         assert_eq!(look.count("orphaned"), 3, "sweep {}", look.sweep);
-        assert!(look.sockets.iter().all(|l| l.pid == crashed), "sweep {}: attributed to the crashed worker", look.sweep);
+        assert!(
+            look.sockets.iter().all(|l| l.pid == crashed),
+            "sweep {}: attributed to the crashed worker",
+            look.sweep
+        );
     });
 }

@@ -84,7 +84,13 @@ fn systemd_unit_grants_the_same_capabilities_to_a_dynamic_user() {
         let got: BTreeSet<String> = values[0].split_whitespace().map(String::from).collect();
         assert_eq!(got, caps, "{key}");
     }
-    for (key, value) in [("DynamicUser", "yes"), ("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("ProtectHome", "yes"), ("PrivateTmp", "yes")] {
+    for (key, value) in [
+        ("DynamicUser", "yes"),
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+    ] {
         assert_eq!(unit_values(&unit, key), vec![value], "{key}");
     }
     // These would take away what the observer needs (see the unit's comment).
@@ -116,7 +122,8 @@ fn systemd_accepts_the_unit() {
         return;
     };
     assert!(probe.status.success());
-    let unit = repo_file("deploy/systemd/observer.service").replace("/usr/local/bin/observer", env!("CARGO_BIN_EXE_observer"));
+    let unit =
+        repo_file("deploy/systemd/observer.service").replace("/usr/local/bin/observer", env!("CARGO_BIN_EXE_observer"));
     let dir = std::env::temp_dir().join(format!("observer-unit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join("observer.service");

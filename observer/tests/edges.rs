@@ -16,7 +16,8 @@ const FAST: &[&str] = &["--dead-after", "3", "--close-wait-after", "3", "--stall
 
 /// `observer-demo server` with extra flags; (process, port).
 fn server(args: &[&str]) -> (Proc, u16) {
-    let mut child = Command::new(DEMO).arg("server").args(args).stdout(Stdio::piped()).spawn().expect("start demo server");
+    let mut child =
+        Command::new(DEMO).arg("server").args(args).stdout(Stdio::piped()).spawn().expect("start demo server");
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("LISTENING line");
     let addr = line.split_whitespace().nth(1).expect("address in LISTENING line");
@@ -79,7 +80,9 @@ fn a_write_after_a_reset_leaves_nothing_in_the_socket_map() {
     let addr = format!("127.0.0.1:{port}");
     let (mut c, locals) = clients(&addr, "slow", 20, &["--reset", "--hold-secs", "2"]);
     assert_eq!(locals.len(), 20);
-    wait_for(Duration::from_secs(5), "20 connections tracked", || (socks_entries(obs.proc.pid()) >= baseline + 20).then_some(()));
+    wait_for(Duration::from_secs(5), "20 connections tracked", || {
+        (socks_entries(obs.proc.pid()) >= baseline + 20).then_some(())
+    });
     let status = c.child.wait().expect("clients");
     assert!(status.success());
     wait_for(Duration::from_secs(10), "the server's sockets gone", || {
@@ -186,10 +189,16 @@ fn sockets_given_away_are_not_the_targets_and_shared_ones_count_once() {
         let (_, l) = listing(&obs);
         (held(&ss).len() == 4 && listed(&l) == held(&ss)).then_some(())
     });
-    let all_cw = |ss: &[SsConn]| ss.iter().filter(|s| s.local.ends_with(&format!(":{port}")) && s.state == "CLOSE-WAIT").count();
+    let all_cw =
+        |ss: &[SsConn]| ss.iter().filter(|s| s.local.ends_with(&format!(":{port}")) && s.state == "CLOSE-WAIT").count();
     every_sweep(&obs, 10, None, |look| {
         assert_eq!(all_cw(&look.ss), 7, "sweep {}: the scenario holds (7 CLOSE_WAIT sockets in all)", look.sweep);
-        assert_eq!(listed(&look.sockets), held(&look.ss), "sweep {}: zombies are exactly what the target holds", look.sweep);
+        assert_eq!(
+            listed(&look.sockets),
+            held(&look.ss),
+            "sweep {}: zombies are exactly what the target holds",
+            look.sweep
+        );
         assert_eq!(metric(&look.metrics, "observer_tcp_sockets{state=\"close_wait\"}"), 4.0, "sweep {}", look.sweep);
     });
 }

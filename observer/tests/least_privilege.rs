@@ -21,7 +21,8 @@ const CAP_SYS_ADMIN: u64 = 1 << 21;
 #[test]
 fn runs_as_nobody_with_only_the_documented_capabilities() {
     require_root();
-    let lab = start_lab(&["--healthy", "1", "--vanish", "1", "--halfclose", "1", "--slow", "1", "--duration-secs", "90"]);
+    let lab =
+        start_lab(&["--healthy", "1", "--vanish", "1", "--halfclose", "1", "--slow", "1", "--duration-secs", "90"]);
     let caps = "+bpf,+perfmon,+sys_ptrace,+dac_read_search,+sys_admin,+syslog";
     let wrapper = [
         "setpriv",
@@ -35,7 +36,19 @@ fn runs_as_nobody_with_only_the_documented_capabilities() {
     let pid = lab.server_pid.to_string();
     let obs = start_observer_via(
         &wrapper,
-        &["--pid", &pid, "--no-pin", "--dead-after", "3", "--close-wait-after", "3", "--stall-after", "3", "--interval", "0.5"],
+        &[
+            "--pid",
+            &pid,
+            "--no-pin",
+            "--dead-after",
+            "3",
+            "--close-wait-after",
+            "3",
+            "--stall-after",
+            "3",
+            "--interval",
+            "0.5",
+        ],
     );
     let uid = std::fs::read_to_string(format!("/proc/{}/status", obs.proc.pid())).expect("status");
     assert!(uid.lines().any(|l| l.starts_with("Uid:\t65534")), "runs as nobody");
@@ -43,11 +56,21 @@ fn runs_as_nobody_with_only_the_documented_capabilities() {
     let s = wait_for(Duration::from_secs(40), "classes as nobody", || {
         let s = obs.scrape();
         let z = |r: &str| metric(&s, &format!("observer_zombie_sockets{{reason=\"{r}\"}}"));
-        (z("dead_peer") == 1.0 && z("close_wait") == 1.0 && metric(&s, "observer_stalled_sockets{reason=\"zero_window\"}") == 1.0)
+        (z("dead_peer") == 1.0
+            && z("close_wait") == 1.0
+            && metric(&s, "observer_stalled_sockets{reason=\"zero_window\"}") == 1.0)
             .then_some(s)
     });
-    assert_eq!(metric(&s, "observer_probe_info{hook=\"timer\",method=\"tp_btf\"}"), 1.0, "kallsyms readable with CAP_SYSLOG");
+    assert_eq!(
+        metric(&s, "observer_probe_info{hook=\"timer\",method=\"tp_btf\"}"),
+        1.0,
+        "kallsyms readable with CAP_SYSLOG"
+    );
     // After start-up only what sweeps need is left: ptrace and
     // dac_read_search to read the target's fds, sys_admin to enter its namespace (another netns here).
-    assert_eq!(effective_caps(obs.proc.pid()), CAP_SYS_PTRACE | CAP_DAC_READ_SEARCH | CAP_SYS_ADMIN, "capabilities dropped after load");
+    assert_eq!(
+        effective_caps(obs.proc.pid()),
+        CAP_SYS_PTRACE | CAP_DAC_READ_SEARCH | CAP_SYS_ADMIN,
+        "capabilities dropped after load"
+    );
 }

@@ -89,8 +89,20 @@ fn restarted_by_comm_and_gauges_drop_when_the_target_exits() {
 fn killed_observer_restarts_where_it_was_and_sigterm_leaves_nothing() {
     require_root();
     let lab = start_lab(&[
-        "--healthy", "1", "--vanish", "1", "--halfclose", "1", "--slow", "1", "--orphan", "1",
-        "--orphan-close-after-ms", "4000", "--duration-secs", "120",
+        "--healthy",
+        "1",
+        "--vanish",
+        "1",
+        "--halfclose",
+        "1",
+        "--slow",
+        "1",
+        "--orphan",
+        "1",
+        "--orphan-close-after-ms",
+        "4000",
+        "--duration-secs",
+        "120",
     ]);
     let pid = lab.server_pid.to_string();
     let pin_dir = format!("/sys/fs/bpf/observer-test-{}", std::process::id());
@@ -155,7 +167,9 @@ fn programs_of(pid: u32) -> Vec<u32> {
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return ids };
     for fd in fds.flatten() {
         let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
-        ids.extend(info.lines().filter_map(|l| l.strip_prefix("prog_id:")).filter_map(|v| v.trim().parse::<u32>().ok()));
+        ids.extend(
+            info.lines().filter_map(|l| l.strip_prefix("prog_id:")).filter_map(|v| v.trim().parse::<u32>().ok()),
+        );
     }
     ids.sort_unstable();
     ids.dedup();
@@ -185,8 +199,10 @@ fn a_cluster_of_workers_is_aggregated_and_split_by_pid_only_when_asked() {
     let est = |s: &Scrape, pid: u32| s.get(&format!("observer_process_established_sockets{{pid=\"{pid}\"}}")).copied();
     let s = wait_for(Duration::from_secs(10), "both workers counted", || {
         let s = obs.scrape();
-        (metric(&s, "observer_tcp_sockets{state=\"established\"}") == 8.0 && est(&s, a.pid()) == Some(3.0) && est(&s, b.pid()) == Some(5.0))
-            .then_some(s)
+        (metric(&s, "observer_tcp_sockets{state=\"established\"}") == 8.0
+            && est(&s, a.pid()) == Some(3.0)
+            && est(&s, b.pid()) == Some(5.0))
+        .then_some(s)
     });
     assert_eq!(metric(&s, "observer_target_processes"), 2.0);
     assert_eq!(metric(&s, "observer_tcp_sockets{state=\"listen\"}"), 2.0, "aggregated over workers");

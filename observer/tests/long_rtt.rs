@@ -58,8 +58,16 @@ fn netem_live_peers_at_300ms_rtt_with_loss_stay_healthy_beside_dead_ones() {
     // The healthy clients stream (a message every 10 ms on top of the
     // burst), so the lossy link keeps losing and retransmitting segments.
     let lab = start_lab(&[
-        "--healthy", "4", "--vanish", "2", "--netem", "delay 150ms loss 1%", "--interval-ms", "10",
-        "--duration-secs", "150",
+        "--healthy",
+        "4",
+        "--vanish",
+        "2",
+        "--netem",
+        "delay 150ms loss 1%",
+        "--interval-ms",
+        "10",
+        "--duration-secs",
+        "150",
     ]);
     let ns = lab.server_netns.clone().expect("the lab runs the server in a namespace");
     let pid = lab.server_pid.to_string();
@@ -96,7 +104,13 @@ fn netem_live_peers_at_300ms_rtt_with_loss_stay_healthy_beside_dead_ones() {
         assert_eq!(roles, (HEALTHY, VANISH), "sweep {}: (slow-link, vanished) connections in ss", look.sweep);
         assert_eq!(look.count("dead_peer"), VANISH, "sweep {}: dead_peer sockets", look.sweep);
         assert_eq!(look.count("orphaned"), 0, "sweep {}: orphaned sockets", look.sweep);
-        assert_eq!(look.sockets.len(), VANISH, "sweep {}: only the vanished peers listed: {:?}", look.sweep, look.sockets);
+        assert_eq!(
+            look.sockets.len(),
+            VANISH,
+            "sweep {}: only the vanished peers listed: {:?}",
+            look.sweep,
+            look.sockets
+        );
     });
 
     // The links were what they claim while the sweeps were checked: slow,

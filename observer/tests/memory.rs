@@ -101,7 +101,10 @@ fn pss_of_a_worker_cluster_is_the_kernels_and_below_summed_rss() {
         let per: f64 = pids.iter().map(|p| metric(&s, &format!("observer_process_pss_bytes{{pid=\"{p}\"}}"))).sum();
         assert_eq!(per, got, "per-pid PSS sums to the total");
         let rss_got = metric(&s, "observer_target_rss_bytes");
-        assert!((rss_got - rss_sum as f64).abs() <= tolerance(rss_got, rss_sum as f64), "observer RSS {rss_got} vs kernel {rss_sum}");
+        assert!(
+            (rss_got - rss_sum as f64).abs() <= tolerance(rss_got, rss_sum as f64),
+            "observer RSS {rss_got} vs kernel {rss_sum}"
+        );
         // The preloaded memory is counted once per worker in RSS, once in all in PSS.
         let shared = (PRELOAD_MIB * 1024 * 1024) as f64;
         assert!(rss_got - got > 0.5 * shared * (WORKERS - 1) as f64, "PSS {got} not well below summed RSS {rss_got}");

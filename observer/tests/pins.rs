@@ -149,7 +149,8 @@ fn a_pinned_map_of_this_build_is_reused_across_a_sigkill() {
         obs
     };
     let ids = || {
-        ["SOCKS", "COUNTERS"].map(|m| bpftool(&["map", "show", "pinned", &ours.join(m).display().to_string()])["id"].clone())
+        ["SOCKS", "COUNTERS"]
+            .map(|m| bpftool(&["map", "show", "pinned", &ours.join(m).display().to_string()])["id"].clone())
     };
     let mut first = start();
     let before = ids();

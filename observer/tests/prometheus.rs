@@ -93,17 +93,33 @@ fn dashboard_provisions_with_variables_on_every_panel() {
         let targets = p["targets"].as_array().filter(|t| !t.is_empty());
         let targets = targets.unwrap_or_else(|| panic!("panel {title:?} has no queries"));
         for t in targets {
-            assert!(dashboard::uses_datasource_variable(t), "a query of {title:?} does not use the datasource variable");
+            assert!(
+                dashboard::uses_datasource_variable(t),
+                "a query of {title:?} does not use the datasource variable"
+            );
         }
     }
 
     let queries = dashboard::queries(&d);
     for q in &queries {
-        assert!(q.expr.contains("instance=\"$instance\""), "{} {}: not filtered on $instance: {}", q.panel, q.ref_id, q.expr);
+        assert!(
+            q.expr.contains("instance=\"$instance\""),
+            "{} {}: not filtered on $instance: {}",
+            q.panel,
+            q.ref_id,
+            q.expr
+        );
         // Every range selector is a rate window and must follow the scrape
         // interval, not a hard-coded one.
         let windows = q.expr.matches('[').count();
-        assert_eq!(windows, q.expr.matches("[$__rate_interval]").count(), "{} {}: fixed window in {}", q.panel, q.ref_id, q.expr);
+        assert_eq!(
+            windows,
+            q.expr.matches("[$__rate_interval]").count(),
+            "{} {}: fixed window in {}",
+            q.panel,
+            q.ref_id,
+            q.expr
+        );
         let sent = dashboard::substitute(&q.expr, "h:1", RATE_INTERVAL);
         assert!(!sent.contains('$'), "{} {}: unknown variable in {}", q.panel, q.ref_id, q.expr);
     }
@@ -134,9 +150,12 @@ fn dashboard_provisions_with_variables_on_every_panel() {
     let tell = panels
         .iter()
         .find(|p| {
-            let exprs: Vec<&str> = p["targets"].as_array().into_iter().flatten().filter_map(|t| t["expr"].as_str()).collect();
+            let exprs: Vec<&str> =
+                p["targets"].as_array().into_iter().flatten().filter_map(|t| t["expr"].as_str()).collect();
             let has = |s: &str| exprs.iter().any(|e| e.contains(s));
-            has("observer_target_rss_bytes") && has("state=\"established\"") && exprs.iter().any(|e| e.contains("observer_zombie_sockets") && e.contains("observer_stalled_sockets"))
+            has("observer_target_rss_bytes")
+                && has("state=\"established\"")
+                && exprs.iter().any(|e| e.contains("observer_zombie_sockets") && e.contains("observer_stalled_sockets"))
         })
         .expect("a panel with RSS, ESTABLISHED and zombie + stalled sockets");
     assert_eq!(tell["type"], "timeseries");
@@ -149,7 +168,11 @@ fn dashboard_provisions_with_variables_on_every_panel() {
         .expect("RSS query refId");
     let right = tell["fieldConfig"]["overrides"].as_array().into_iter().flatten().any(|o| {
         o["matcher"]["options"] == rss_ref
-            && o["properties"].as_array().into_iter().flatten().any(|p| p["id"] == "custom.axisPlacement" && p["value"] == "right")
+            && o["properties"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["id"] == "custom.axisPlacement" && p["value"] == "right")
     });
     assert!(right, "RSS must sit on the right axis of {:?}", tell["title"]);
     let probe_table = panels.iter().find(|p| p["type"] == "table" && p.to_string().contains("observer_probe_info"));
@@ -160,12 +183,11 @@ fn dashboard_provisions_with_variables_on_every_panel() {
     let datasources = read(&format!("{GRAFANA_DIR}/provisioning/datasources/prometheus.yaml"));
     assert!(datasources.contains("type: prometheus"), "{datasources}");
     let provider = read(&format!("{GRAFANA_DIR}/provisioning/dashboards/observer.yaml"));
-    let path = provider
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("path:"))
-        .map(str::trim)
-        .expect("a provider path");
-    assert!(read(&format!("{GRAFANA_DIR}/README.md")).contains(&format!("grafana/dashboards:{path}")), "README's mount differs from the provider path {path}");
+    let path = provider.lines().find_map(|l| l.trim().strip_prefix("path:")).map(str::trim).expect("a provider path");
+    assert!(
+        read(&format!("{GRAFANA_DIR}/README.md")).contains(&format!("grafana/dashboards:{path}")),
+        "README's mount differs from the provider path {path}"
+    );
 }
 
 #[test]
@@ -200,7 +222,10 @@ fn real_prometheus_evaluates_dashboard_and_alerts_on_the_demo() {
     // The dashboard's instance variable lists both observers.
     let instances = prom.api("/api/v1/label/instance/values?match%5B%5D=observer_target_up");
     for addr in [&sick.addr, &healthy.addr] {
-        assert!(instances.as_array().is_some_and(|a| a.iter().any(|v| v == addr.as_str())), "{addr} not in {instances}");
+        assert!(
+            instances.as_array().is_some_and(|a| a.iter().any(|v| v == addr.as_str())),
+            "{addr} not in {instances}"
+        );
     }
 
     // The zombie alert fires for the lab with a vanished and a half-closed

@@ -21,8 +21,26 @@ fn classes(look: &Look) -> BTreeMap<(String, String), String> {
 fn restart(pins: bool) {
     require_root();
     let lab = start_lab(&[
-        "--healthy", "1", "--slow", "1", "--vanish", "1", "--halfclose", "1", "--orphan", "1", "--stallgone", "1",
-        "--stallgone-after-ms", "3000", "--blackhole", "1", "--orphan-close-after-ms", "4000", "--duration-secs", "150",
+        "--healthy",
+        "1",
+        "--slow",
+        "1",
+        "--vanish",
+        "1",
+        "--halfclose",
+        "1",
+        "--orphan",
+        "1",
+        "--stallgone",
+        "1",
+        "--stallgone-after-ms",
+        "3000",
+        "--blackhole",
+        "1",
+        "--orphan-close-after-ms",
+        "4000",
+        "--duration-secs",
+        "150",
     ]);
     let ns = lab.server_netns.clone().expect("server namespace");
     let pid = lab.server_pid.to_string();
@@ -85,11 +103,22 @@ fn restart(pins: bool) {
         let now = classes(look);
         for (conn, class) in &now {
             if let Some(was) = before.get(conn) {
-                assert_eq!(class, was, "sweep {} after the restart ({}): {conn:?}", look.sweep, if pins { "pins" } else { "no pins" });
+                assert_eq!(
+                    class,
+                    was,
+                    "sweep {} after the restart ({}): {conn:?}",
+                    look.sweep,
+                    if pins { "pins" } else { "no pins" }
+                );
             }
         }
         let kept = now.keys().filter(|c| before.contains_key(*c)).count();
-        assert!(kept + 1 >= before.len(), "sweep {}: the sockets outlived the restart ({kept} of {})", look.sweep, before.len());
+        assert!(
+            kept + 1 >= before.len(),
+            "sweep {}: the sockets outlived the restart ({kept} of {})",
+            look.sweep,
+            before.len()
+        );
     }
 }
 

@@ -28,8 +28,20 @@ fn every_class_in_namespaces_matches_the_kernel() {
     // the observer: finding them is the iterator's job. The orphan's close
     // comes later, once the observer watches.
     let lab = start_lab(&[
-        "--healthy", "2", "--slow", "2", "--vanish", "2", "--halfclose", "1", "--orphan", "1",
-        "--orphan-close-after-ms", "6000", "--duration-secs", "150",
+        "--healthy",
+        "2",
+        "--slow",
+        "2",
+        "--vanish",
+        "2",
+        "--halfclose",
+        "1",
+        "--orphan",
+        "1",
+        "--orphan-close-after-ms",
+        "6000",
+        "--duration-secs",
+        "150",
     ]);
     let pid = lab.server_pid.to_string();
     let mut args = vec!["--pid", pid.as_str()];
@@ -73,10 +85,19 @@ fn every_class_in_namespaces_matches_the_kernel() {
 fn sidecar_on_loopback_matches_the_kernel() {
     require_root();
     let lab = start_lab(&[
-        "--server-loopback", "--healthy", "2", "--slow", "1", "--halfclose", "2", "--duration-secs", "90",
+        "--server-loopback",
+        "--healthy",
+        "2",
+        "--slow",
+        "1",
+        "--halfclose",
+        "2",
+        "--duration-secs",
+        "90",
         // Burst only: on loopback a streaming server keeps a slow reader's
         // queue growing, and the comparison needs a kernel at rest.
-        "--interval-ms", "0",
+        "--interval-ms",
+        "0",
     ]);
     let pid = lab.server_pid.to_string();
     let mut args = vec!["--pid", pid.as_str()];

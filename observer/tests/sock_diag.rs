@@ -37,7 +37,11 @@ fn stalled(s: &Scrape) -> f64 {
 fn assert_sock_diag_mode(s: &Scrape) {
     assert_eq!(metric(s, "observer_probe_info{hook=\"sockets\",method=\"sock_diag\"}"), 1.0);
     for hook in ["send", "close", "state", "timer", "retransmit"] {
-        assert_eq!(metric(s, &format!("observer_probe_info{{hook=\"{hook}\",method=\"none\"}}")), 1.0, "{hook} attached");
+        assert_eq!(
+            metric(s, &format!("observer_probe_info{{hook=\"{hook}\",method=\"none\"}}")),
+            1.0,
+            "{hook} attached"
+        );
     }
     for name in EVENT_COUNTERS {
         assert!(!s.keys().any(|k| k.starts_with(name)), "{name} exported without events: {s:?}");
@@ -53,8 +57,20 @@ fn forced_sock_diag_reports_every_class_in_namespaces() {
     // attributed because the same socket (same cookie) was seen with the
     // target's inode before the close.
     let lab = start_lab(&[
-        "--healthy", "2", "--slow", "2", "--vanish", "2", "--halfclose", "1", "--orphan", "1",
-        "--orphan-close-after-ms", "6000", "--duration-secs", "150",
+        "--healthy",
+        "2",
+        "--slow",
+        "2",
+        "--vanish",
+        "2",
+        "--halfclose",
+        "1",
+        "--orphan",
+        "1",
+        "--orphan-close-after-ms",
+        "6000",
+        "--duration-secs",
+        "150",
     ]);
     let pid = lab.server_pid.to_string();
     let mut args = vec!["--pid", pid.as_str(), "--probe-method", "sockets=sock_diag"];
@@ -75,7 +91,8 @@ fn forced_sock_diag_reports_every_class_in_namespaces() {
     for reason in ["dead_peer", "orphaned", "zero_window"] {
         assert!(metric(&s, &format!("observer_zombie_queued_bytes{{reason=\"{reason}\"}}")) > 0.0, "{reason} bytes");
     }
-    let accused: f64 = ["dead_peer", "close_wait", "orphaned"].iter().map(|r| zombies(&s, r)).sum::<f64>() + stalled(&s);
+    let accused: f64 =
+        ["dead_peer", "close_wait", "orphaned"].iter().map(|r| zombies(&s, r)).sum::<f64>() + stalled(&s);
     assert_eq!(accused, 6.0, "exactly the 6 misbehaving peers");
     assert_sock_diag_mode(&s);
 

@@ -247,7 +247,10 @@ fn top_ends_when_its_terminal_goes_away() {
     assert!(tmux.run(&["kill-session", "-t", &name]).status.success());
     let start = Instant::now();
     while running(top.0) {
-        assert!(start.elapsed() < Duration::from_secs(5), "observer top still running 5 s after its terminal went away");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "observer top still running 5 s after its terminal went away"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

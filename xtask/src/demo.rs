@@ -202,10 +202,7 @@ fn scrape(addr: &str) -> Result<String> {
 }
 
 fn value(text: &str, series: &str) -> String {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .unwrap_or("?")
-        .to_string()
+    text.lines().find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' '))).unwrap_or("?").to_string()
 }
 
 fn print_summary(t: Duration, text: &str) {

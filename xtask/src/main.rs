@@ -159,7 +159,45 @@ fn netem_missing() -> Option<String> {
     }
 }
 
+/// The gates every change passes before its tests: formatting, and clippy
+/// with warnings as errors on every crate (the eBPF one for its own target).
+/// Returns (passed, failed), each failure printed.
+fn lint() -> (u32, u32) {
+    let checks: [(&str, &[&str]); 3] = [
+        ("cargo fmt --check", &["fmt", "--all", "--check"]),
+        ("clippy", &["clippy", "--workspace", "--exclude", "observer-ebpf", "--all-targets", "--", "-D", "warnings"]),
+        (
+            "clippy (eBPF)",
+            &[
+                "+nightly",
+                "clippy",
+                "--package",
+                "observer-ebpf",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        ),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (what, args) in checks {
+        if sh::run("cargo", args).is_ok() {
+            println!("lint: {what} ok");
+            passed += 1;
+        } else {
+            println!("lint: {what} FAILED");
+            failed += 1;
+        }
+    }
+    (passed, failed)
+}
+
 fn test(extra: &[String]) -> Result<()> {
+    let (lint_passed, lint_failed) = lint();
     // Integration tests share the kernel and namespaces: one at a time.
     let mut args: Vec<String> =
         ["test", "--workspace", "--exclude", "observer-ebpf", "--no-fail-fast", "--lib", "--bins", "--tests"]
@@ -190,7 +228,8 @@ fn test(extra: &[String]) -> Result<()> {
     );
     // Then the methods this kernel refuses, in QEMU guests; skipped only when
     // a test-name filter asks for a subset (options such as --nocapture do not).
-    let (mut passed, mut failed, mut skipped) = (totals.passed, totals.failed, totals.ignored + host_skipped);
+    let (mut passed, mut failed, mut skipped) =
+        (totals.passed + u64::from(lint_passed), totals.failed + u64::from(lint_failed), totals.ignored + host_skipped);
     let mut vm_error = None;
     if has_test_filter(extra) {
         println!("vmtest: skipped ({} guests): a test-name filter was given ({})", vm::GUESTS, extra.join(" "));

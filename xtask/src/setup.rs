@@ -91,15 +91,24 @@ pub fn apt_install(packages: &[&str], task: &str) -> Result<()> {
     Ok(())
 }
 
+/// Nightly with rust-src (the eBPF crate's `-Z build-std=core`) and clippy
+/// (linting that crate for its target); rustfmt and clippy on the default
+/// toolchain for the rest.
 fn nightly_with_rust_src() -> Result<()> {
-    let installed = sh::output("rustup", &["component", "list", "--installed", "--toolchain", "nightly"]).unwrap_or_default();
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        return Ok(());
+    let installed =
+        sh::output("rustup", &["component", "list", "--installed", "--toolchain", "nightly"]).unwrap_or_default();
+    let has = |c: &str| installed.lines().any(|l| l.starts_with(c));
+    if !(has("rust-src") && has("clippy")) {
+        if !sh::ok("rustup", &["run", "nightly", "rustc", "--version"]) {
+            sh::run("rustup", &["toolchain", "install", "nightly", "--profile", "minimal"])?;
+        }
+        sh::run("rustup", &["component", "add", "rust-src", "clippy", "--toolchain", "nightly"])?;
     }
-    if !sh::ok("rustup", &["run", "nightly", "rustc", "--version"]) {
-        sh::run("rustup", &["toolchain", "install", "nightly", "--profile", "minimal"])?;
+    let default = sh::output("rustup", &["component", "list", "--installed"]).unwrap_or_default();
+    if !(default.lines().any(|l| l.starts_with("clippy")) && default.lines().any(|l| l.starts_with("rustfmt"))) {
+        sh::run("rustup", &["component", "add", "clippy", "rustfmt"])?;
     }
-    sh::run("rustup", &["component", "add", "rust-src", "--toolchain", "nightly"])
+    Ok(())
 }
 
 fn bpf_linker() -> Result<()> {

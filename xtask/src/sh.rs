@@ -96,7 +96,10 @@ mod tests {
     #[test]
     fn adds_up_libtest_summaries() {
         let mut t = TestTotals::default();
-        add_summary(&mut t, "test result: ok. 53 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 2.20s");
+        add_summary(
+            &mut t,
+            "test result: ok. 53 passed; 0 failed; 2 ignored; 0 measured; 0 filtered out; finished in 2.20s",
+        );
         add_summary(&mut t, "test result: FAILED. 1 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out");
         add_summary(&mut t, "running 3 tests");
         assert_eq!(t, TestTotals { passed: 54, failed: 2, ignored: 2 });

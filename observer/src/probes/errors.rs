@@ -40,7 +40,9 @@ impl ProbeError {
         use super::offsets::OffsetError;
         matches!(
             self,
-            ProbeError::Offsets(OffsetError::Unreadable { .. } | OffsetError::NoStruct(_) | OffsetError::NoField { .. })
+            ProbeError::Offsets(
+                OffsetError::Unreadable { .. } | OffsetError::NoStruct(_) | OffsetError::NoField { .. }
+            )
         )
     }
 }

@@ -69,10 +69,7 @@ pub fn lookup(name: &str) -> Result<u64, KallsymsError> {
 }
 
 fn lookup_in(path: &Path, name: &str) -> Result<u64, KallsymsError> {
-    let io_err = |source| KallsymsError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
+    let io_err = |source| KallsymsError::Io { path: path.to_path_buf(), source };
     let mut reader = BufReader::with_capacity(64 * 1024, File::open(path).map_err(io_err)?);
     let mut line = Vec::with_capacity(256);
     let mut line_no = 0usize;
@@ -92,22 +89,15 @@ fn lookup_in(path: &Path, name: &str) -> Result<u64, KallsymsError> {
 /// `None` if the line is not about `name` (including lines too short to be
 /// about anything); otherwise the parsed address or the reason it is unusable.
 fn match_line(line: &[u8], name: &[u8], line_no: usize) -> Option<Result<u64, KallsymsError>> {
-    let mut tokens = line
-        .split(|b| b.is_ascii_whitespace())
-        .filter(|t| !t.is_empty());
+    let mut tokens = line.split(|b| b.is_ascii_whitespace()).filter(|t| !t.is_empty());
     let address = tokens.next()?;
     let _symbol_type = tokens.next()?;
     if tokens.next()? != name {
         return None;
     }
     Some(match parse_hex_u64(address) {
-        None => Err(KallsymsError::InvalidAddress {
-            line: line_no,
-            value: quote(address),
-        }),
-        Some(0) => Err(KallsymsError::Hidden {
-            symbol: String::from_utf8_lossy(name).into_owned(),
-        }),
+        None => Err(KallsymsError::InvalidAddress { line: line_no, value: quote(address) }),
+        Some(0) => Err(KallsymsError::Hidden { symbol: String::from_utf8_lossy(name).into_owned() }),
         Some(address) => Ok(address),
     })
 }
@@ -125,9 +115,7 @@ fn parse_hex_u64(digits: &[u8]) -> Option<u64> {
 }
 
 fn not_found(name: &str) -> KallsymsError {
-    KallsymsError::NotFound {
-        symbol: name.to_owned(),
-    }
+    KallsymsError::NotFound { symbol: name.to_owned() }
 }
 
 fn quote(value: &[u8]) -> String {
@@ -168,8 +156,7 @@ ffffffff82000000 d tcp_write_timer
             (Ok(a), Want::Addr(w)) => assert_eq!(a, *w, "case {what:?}"),
             (Err(KallsymsError::NotFound { .. }), Want::NotFound) => {}
             (Err(KallsymsError::Hidden { .. }), Want::Hidden) => {}
-            (Err(KallsymsError::InvalidAddress { line, .. }), Want::InvalidAddress(w))
-                if line == *w => {}
+            (Err(KallsymsError::InvalidAddress { line, .. }), Want::InvalidAddress(w)) if line == *w => {}
             (other, _) => panic!("case {what:?}: got {other:?}, want {want:?}"),
         }
     }
@@ -178,89 +165,29 @@ ffffffff82000000 d tcp_write_timer
     fn parse_symbol_table() {
         use Want::*;
         let cases: &[(&str, &str, &str, Want)] = &[
-            (
-                "first exact match",
-                SAMPLE,
-                "tcp_write_timer",
-                Addr(0xffff_ffff_8202_c9e0),
-            ),
-            (
-                "longer name",
-                SAMPLE,
-                "tcp_write_timer_handler",
-                Addr(0xffff_ffff_8202_c9c0),
-            ),
-            (
-                "module symbol",
-                SAMPLE,
-                "mod_only_sym",
-                Addr(0xffff_ffff_c0a0_1300),
-            ),
-            (
-                "module symbol 2",
-                SAMPLE,
-                "ftrace_trampoline",
-                Addr(0xffff_ffff_c020_1000),
-            ),
+            ("first exact match", SAMPLE, "tcp_write_timer", Addr(0xffff_ffff_8202_c9e0)),
+            ("longer name", SAMPLE, "tcp_write_timer_handler", Addr(0xffff_ffff_8202_c9c0)),
+            ("module symbol", SAMPLE, "mod_only_sym", Addr(0xffff_ffff_c0a0_1300)),
+            ("module symbol 2", SAMPLE, "ftrace_trampoline", Addr(0xffff_ffff_c020_1000)),
             ("first line", SAMPLE, "_stext", Addr(0xffff_ffff_8100_0000)),
             ("prefix is not a match", SAMPLE, "tcp_write", NotFound),
             ("suffix is not a match", SAMPLE, "write_timer", NotFound),
             ("case sensitive", SAMPLE, "TCP_WRITE_TIMER", NotFound),
-            (
-                "module name is not a symbol",
-                SAMPLE,
-                "[some_module]",
-                NotFound,
-            ),
+            ("module name is not a symbol", SAMPLE, "[some_module]", NotFound),
             ("type is not a symbol", SAMPLE, "t", NotFound),
-            (
-                "address is not a symbol",
-                SAMPLE,
-                "ffffffff81000000",
-                NotFound,
-            ),
+            ("address is not a symbol", SAMPLE, "ffffffff81000000", NotFound),
             ("empty name", SAMPLE, "", NotFound),
             ("name with blank", SAMPLE, "tcp_write_timer ", NotFound),
             ("empty text", "", "x", NotFound),
             ("blank lines", "\n\n   \n\t\n", "x", NotFound),
-            (
-                "no trailing newline",
-                "ffffffff81000010 T x",
-                "x",
-                Addr(0xffff_ffff_8100_0010),
-            ),
-            (
-                "CRLF",
-                "ffffffff81000010 T x\r\n",
-                "x",
-                Addr(0xffff_ffff_8100_0010),
-            ),
-            (
-                "extra blanks",
-                "  ffffffff81000010   T\t\tx  \t[m]  \n",
-                "x",
-                Addr(0xffff_ffff_8100_0010),
-            ),
-            (
-                "uppercase hex",
-                "FFFFFFFF8100ABCD T x\n",
-                "x",
-                Addr(0xffff_ffff_8100_abcd),
-            ),
+            ("no trailing newline", "ffffffff81000010 T x", "x", Addr(0xffff_ffff_8100_0010)),
+            ("CRLF", "ffffffff81000010 T x\r\n", "x", Addr(0xffff_ffff_8100_0010)),
+            ("extra blanks", "  ffffffff81000010   T\t\tx  \t[m]  \n", "x", Addr(0xffff_ffff_8100_0010)),
+            ("uppercase hex", "FFFFFFFF8100ABCD T x\n", "x", Addr(0xffff_ffff_8100_abcd)),
             ("short address", "10 T x\n", "x", Addr(0x10)),
             ("max address", "ffffffffffffffff T x\n", "x", Addr(u64::MAX)),
-            (
-                "leading zeros beyond 16 digits",
-                "00000000000000000001 T x\n",
-                "x",
-                Addr(1),
-            ),
-            (
-                "hidden",
-                "0000000000000000 T _stext\n0000000000000000 t x\n",
-                "x",
-                Hidden,
-            ),
+            ("leading zeros beyond 16 digits", "00000000000000000001 T x\n", "x", Addr(1)),
+            ("hidden", "0000000000000000 T _stext\n0000000000000000 t x\n", "x", Hidden),
             ("hidden short zero", "0 t x\n", "x", Hidden),
             ("hidden but absent", "0000000000000000 t y\n", "x", NotFound),
             (
@@ -270,55 +197,15 @@ ffffffff82000000 d tcp_write_timer
                 Addr(0xffff_ffff_8100_0020),
             ),
             ("truncated before name", "ffffffff81000000 t", "x", NotFound),
-            (
-                "truncated name",
-                "ffffffff81000000 t tcp_wri",
-                "tcp_write_timer",
-                NotFound,
-            ),
-            (
-                "bad hex",
-                "a\nfffffffg81000000 t x\n",
-                "x",
-                InvalidAddress(2),
-            ),
-            (
-                "0x prefix",
-                "0xffffffff81000000 t x\n",
-                "x",
-                InvalidAddress(1),
-            ),
+            ("truncated name", "ffffffff81000000 t tcp_wri", "tcp_write_timer", NotFound),
+            ("bad hex", "a\nfffffffg81000000 t x\n", "x", InvalidAddress(2)),
+            ("0x prefix", "0xffffffff81000000 t x\n", "x", InvalidAddress(1)),
             ("sign", "+ffffffff81000000 t x\n", "x", InvalidAddress(1)),
-            (
-                "17 significant digits",
-                "1ffffffffffffffff t x\n",
-                "x",
-                InvalidAddress(1),
-            ),
-            (
-                "huge address",
-                "ffffffffffffffffffffffffffffffffffffffff t x\n",
-                "x",
-                InvalidAddress(1),
-            ),
-            (
-                "bad address on other line ignored",
-                "zzzz t y\nffffffff81000030 t x\n",
-                "x",
-                Addr(0xffff_ffff_8100_0030),
-            ),
-            (
-                "non-ascii",
-                "ffffffff81000040 t caf\u{e9}\n",
-                "caf\u{e9}",
-                Addr(0xffff_ffff_8100_0040),
-            ),
-            (
-                "non-ascii address",
-                "ffff\u{e9}\u{e9} t x\n",
-                "x",
-                InvalidAddress(1),
-            ),
+            ("17 significant digits", "1ffffffffffffffff t x\n", "x", InvalidAddress(1)),
+            ("huge address", "ffffffffffffffffffffffffffffffffffffffff t x\n", "x", InvalidAddress(1)),
+            ("bad address on other line ignored", "zzzz t y\nffffffff81000030 t x\n", "x", Addr(0xffff_ffff_8100_0030)),
+            ("non-ascii", "ffffffff81000040 t caf\u{e9}\n", "caf\u{e9}", Addr(0xffff_ffff_8100_0040)),
+            ("non-ascii address", "ffff\u{e9}\u{e9} t x\n", "x", InvalidAddress(1)),
         ];
         for (what, text, name, want) in cases {
             check(what, parse_symbol(text, name), want);
@@ -327,18 +214,9 @@ ffffffff82000000 d tcp_write_timer
 
     #[test]
     fn error_messages() {
-        let hidden = KallsymsError::Hidden {
-            symbol: "tcp_write_timer".into(),
-        }
-        .to_string();
-        assert!(
-            hidden.starts_with("address of kernel symbol \"tcp_write_timer\" is hidden"),
-            "{hidden}"
-        );
-        assert!(
-            hidden.contains("CAP_SYSLOG") && hidden.contains("kernel.kptr_restrict"),
-            "{hidden}"
-        );
+        let hidden = KallsymsError::Hidden { symbol: "tcp_write_timer".into() }.to_string();
+        assert!(hidden.starts_with("address of kernel symbol \"tcp_write_timer\" is hidden"), "{hidden}");
+        assert!(hidden.contains("CAP_SYSLOG") && hidden.contains("kernel.kptr_restrict"), "{hidden}");
         assert!(!hidden.contains('\n'));
         assert_eq!(
             KallsymsError::NotFound { symbol: "x".into() }.to_string(),
@@ -349,10 +227,7 @@ ffffffff82000000 d tcp_write_timer
             Err(e @ KallsymsError::InvalidAddress { .. }) => {
                 let msg = e.to_string();
                 assert!(msg.len() < 150, "{msg}");
-                assert!(
-                    msg.starts_with("malformed kallsyms line 1: invalid address \"zzz"),
-                    "{msg}"
-                );
+                assert!(msg.starts_with("malformed kallsyms line 1: invalid address \"zzz"), "{msg}");
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -364,8 +239,7 @@ ffffffff82000000 d tcp_write_timer
         fn new(contents: &[u8]) -> io::Result<Self> {
             static COUNTER: AtomicUsize = AtomicUsize::new(0);
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-            let path =
-                std::env::temp_dir().join(format!("observer-kallsyms-{}-{n}", std::process::id()));
+            let path = std::env::temp_dir().join(format!("observer-kallsyms-{}-{n}", std::process::id()));
             std::fs::write(&path, contents)?;
             Ok(Self(path))
         }
@@ -384,39 +258,17 @@ ffffffff82000000 d tcp_write_timer
         non_utf8.extend_from_slice(b"ffffffff81000050 t x\t[\xffmod]\n");
         let mut big = Vec::new();
         for i in 0..200_000u64 {
-            big.extend_from_slice(
-                format!("{:016x} t filler_{i}\n", 0xffff_ffff_8100_0000u64 + i).as_bytes(),
-            );
+            big.extend_from_slice(format!("{:016x} t filler_{i}\n", 0xffff_ffff_8100_0000u64 + i).as_bytes());
         }
         big.extend_from_slice(b"ffffffff89999999 T needle\n");
         let cases: Vec<(&str, Vec<u8>, &str, Want)> = vec![
-            (
-                "sample",
-                SAMPLE.as_bytes().to_vec(),
-                "tcp_write_timer",
-                Addr(0xffff_ffff_8202_c9e0),
-            ),
+            ("sample", SAMPLE.as_bytes().to_vec(), "tcp_write_timer", Addr(0xffff_ffff_8202_c9e0)),
             ("missing", SAMPLE.as_bytes().to_vec(), "nope", NotFound),
             ("empty file", Vec::new(), "x", NotFound),
             ("non-utf8 lines", non_utf8, "x", Addr(0xffff_ffff_8100_0050)),
-            (
-                "hidden",
-                b"0000000000000000 T _stext\n0000000000000000 t x\n".to_vec(),
-                "x",
-                Hidden,
-            ),
-            (
-                "bad address line number",
-                b"\n\nnothex t x\n".to_vec(),
-                "x",
-                InvalidAddress(3),
-            ),
-            (
-                "no final newline",
-                b"ffffffff81000060 t x".to_vec(),
-                "x",
-                Addr(0xffff_ffff_8100_0060),
-            ),
+            ("hidden", b"0000000000000000 T _stext\n0000000000000000 t x\n".to_vec(), "x", Hidden),
+            ("bad address line number", b"\n\nnothex t x\n".to_vec(), "x", InvalidAddress(3)),
+            ("no final newline", b"ffffffff81000060 t x".to_vec(), "x", Addr(0xffff_ffff_8100_0060)),
             ("large file", big, "needle", Addr(0xffff_ffff_8999_9999)),
         ];
         for (what, contents, name, want) in &cases {
@@ -428,11 +280,7 @@ ffffffff82000000 d tcp_write_timer
         }
         match lookup_in(Path::new("/nonexistent/kallsyms"), "x") {
             Err(e @ KallsymsError::Io { .. }) => {
-                assert!(
-                    e.to_string()
-                        .starts_with("cannot read /nonexistent/kallsyms: "),
-                    "{e}"
-                );
+                assert!(e.to_string().starts_with("cannot read /nonexistent/kallsyms: "), "{e}");
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -92,24 +92,26 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
             .map_err(|e| ProbeError::RequiredHook { hook: Hook::Sockets, tried: format!("sock_diag: {e}") });
     }
     match load_bpf(opts) {
-        Err(e) if opts.fallback && (e.bpf_refused() || e.no_usable_btf()) => match sock_diag_only(opts, e.to_string()) {
-            Ok(probes) => {
-                log::warn!(
-                    "{e}; polling the kernel's socket diagnostics (sock_diag) instead: gauges and zombie \
+        Err(e) if opts.fallback && (e.bpf_refused() || e.no_usable_btf()) => {
+            match sock_diag_only(opts, e.to_string()) {
+                Ok(probes) => {
+                    log::warn!(
+                        "{e}; polling the kernel's socket diagnostics (sock_diag) instead: gauges and zombie \
                      classes keep working, event counters are absent (--fallback none makes this an error)"
-                );
-                Ok(probes)
+                    );
+                    Ok(probes)
+                }
+                Err(d) => Err(match e {
+                    ProbeError::Permission(s) => {
+                        ProbeError::Permission(format!("{s}; the sock_diag fallback failed too: {d}"))
+                    }
+                    ProbeError::Unsupported(s) => {
+                        ProbeError::Unsupported(format!("{s}; the sock_diag fallback failed too: {d}"))
+                    }
+                    other => other,
+                }),
             }
-            Err(d) => Err(match e {
-                ProbeError::Permission(s) => {
-                    ProbeError::Permission(format!("{s}; the sock_diag fallback failed too: {d}"))
-                }
-                ProbeError::Unsupported(s) => {
-                    ProbeError::Unsupported(format!("{s}; the sock_diag fallback failed too: {d}"))
-                }
-                other => other,
-            }),
-        },
+        }
         other => other,
     }
 }

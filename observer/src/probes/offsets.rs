@@ -24,10 +24,8 @@ pub enum OffsetError {
 pub const DEFAULT_BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 
 pub fn load_btf(path: &Path) -> Result<Btf, OffsetError> {
-    Btf::from_file(path).map_err(|e| OffsetError::Unreadable {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })
+    Btf::from_file(path)
+        .map_err(|e| OffsetError::Unreadable { path: path.display().to_string(), reason: e.to_string() })
 }
 
 /// Resolves every offset in [`Offsets`] except the tracefs and kallsyms ones.
@@ -76,10 +74,8 @@ pub fn field_offset(btf: &Btf, strukt: &str, path: &str) -> Result<u32, OffsetEr
     let mut total_bits = 0u32;
     let mut parts = path.split('.').peekable();
     while let Some(part) = parts.next() {
-        let (bits, member_ty) = find_member(btf, &ty, part)?.ok_or_else(|| OffsetError::NoField {
-            strukt: strukt.to_string(),
-            field: path.to_string(),
-        })?;
+        let (bits, member_ty) = find_member(btf, &ty, part)?
+            .ok_or_else(|| OffsetError::NoField { strukt: strukt.to_string(), field: path.to_string() })?;
         total_bits += bits;
         if parts.peek().is_some() {
             ty = member_ty;
@@ -93,10 +89,7 @@ pub fn field_offset(btf: &Btf, strukt: &str, path: &str) -> Result<u32, OffsetEr
 
 fn find_struct(btf: &Btf, name: &str) -> Result<Type, OffsetError> {
     let types = btf.resolve_types_by_name(name).map_err(|_| OffsetError::NoStruct(name.into()))?;
-    types
-        .into_iter()
-        .find(|t| matches!(t, Type::Struct(_)))
-        .ok_or_else(|| OffsetError::NoStruct(name.into()))
+    types.into_iter().find(|t| matches!(t, Type::Struct(_))).ok_or_else(|| OffsetError::NoStruct(name.into()))
 }
 
 /// Strips typedefs and qualifiers down to the underlying type.
@@ -121,10 +114,7 @@ fn find_member(btf: &Btf, ty: &Type, name: &str) -> Result<Option<(u32, Type)>, 
     };
     for m in &members {
         let member_name = btf.resolve_name(m).unwrap_or_default();
-        let member_ty = underlying(
-            btf,
-            btf.resolve_chained_type(m).map_err(|e| OffsetError::Btf(e.to_string()))?,
-        )?;
+        let member_ty = underlying(btf, btf.resolve_chained_type(m).map_err(|e| OffsetError::Btf(e.to_string()))?)?;
         if member_name == name {
             if m.bitfield_size().is_some_and(|size| size != 0) {
                 return Err(OffsetError::BitField { strukt: String::new(), field: name.into() });
@@ -143,9 +133,7 @@ fn find_member(btf: &Btf, ty: &Type, name: &str) -> Result<Option<(u32, Type)>, 
 
 /// Whether BTF describes a kernel function `name`.
 pub fn has_func(btf: &Btf, name: &str) -> bool {
-    btf.resolve_types_by_name(name)
-        .map(|ts| ts.iter().any(|t| matches!(t, Type::Func(_))))
-        .unwrap_or(false)
+    btf.resolve_types_by_name(name).map(|ts| ts.iter().any(|t| matches!(t, Type::Func(_)))).unwrap_or(false)
 }
 
 #[cfg(test)]

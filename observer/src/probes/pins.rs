@@ -38,11 +38,7 @@ pub enum PinError {
     #[error("pin directory {path}: {mount} is not a directory; choose another --pin-dir or run with --no-pin")]
     NotDirectory { path: String, mount: String },
     #[error("pin directory {path}: cannot read {mount}: {source}")]
-    Inspect {
-        path: String,
-        mount: String,
-        source: std::io::Error,
-    },
+    Inspect { path: String, mount: String, source: std::io::Error },
     #[error("creating pin directory {0}: {1}")]
     Create(String, std::io::Error),
     #[error("{path} is not a map this observer pinned ({why}); remove it yourself or choose another --pin-dir")]
@@ -54,7 +50,13 @@ impl PinError {
     /// touch what is there. The rest (no privilege to mount bpffs) only
     /// costs continuity across restarts, and the observer runs without pins.
     pub fn is_fatal(&self) -> bool {
-        matches!(self, PinError::NotEmpty { .. } | PinError::NotDirectory { .. } | PinError::Foreign { .. } | PinError::Inspect { .. })
+        matches!(
+            self,
+            PinError::NotEmpty { .. }
+                | PinError::NotDirectory { .. }
+                | PinError::Foreign { .. }
+                | PinError::Inspect { .. }
+        )
     }
 }
 
@@ -99,7 +101,9 @@ fn is_bpffs(path: &Path) -> bool {
 pub fn dir_name(selector: &Selector) -> String {
     match selector {
         Selector::Pid(pid) => format!("pid-{pid}"),
-        Selector::Comm(c) => format!("comm-{}", c.replace(|ch: char| !ch.is_ascii_alphanumeric() && ch != '-' && ch != '_', "_")),
+        Selector::Comm(c) => {
+            format!("comm-{}", c.replace(|ch: char| !ch.is_ascii_alphanumeric() && ch != '-' && ch != '_', "_"))
+        }
     }
 }
 
@@ -122,7 +126,11 @@ fn mount_point(base: &Path) -> Result<Option<PathBuf>, PinError> {
     if !at.is_dir() {
         return Err(PinError::NotDirectory { path, mount });
     }
-    let mut entries = std::fs::read_dir(at).map_err(|source| PinError::Inspect { path: path.clone(), mount: mount.clone(), source })?;
+    let mut entries = std::fs::read_dir(at).map_err(|source| PinError::Inspect {
+        path: path.clone(),
+        mount: mount.clone(),
+        source,
+    })?;
     if entries.next().is_some() {
         return Err(PinError::NotEmpty { path, mount });
     }

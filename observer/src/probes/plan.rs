@@ -36,14 +36,7 @@ pub enum Hook {
 }
 
 impl Hook {
-    pub const ALL: [Hook; 6] = [
-        Hook::Send,
-        Hook::Close,
-        Hook::State,
-        Hook::Timer,
-        Hook::Retransmit,
-        Hook::Sockets,
-    ];
+    pub const ALL: [Hook; 6] = [Hook::Send, Hook::Close, Hook::State, Hook::Timer, Hook::Retransmit, Hook::Sockets];
 
     pub fn name(self) -> &'static str {
         match self {

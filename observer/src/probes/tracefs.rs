@@ -41,10 +41,7 @@ pub struct Field {
 pub enum FormatError {
     /// A `field:` line lacks `offset:`, `size:` or `signed:`.
     #[error("malformed tracepoint format, line {line}: missing {attribute}")]
-    MissingAttribute {
-        line: usize,
-        attribute: &'static str,
-    },
+    MissingAttribute { line: usize, attribute: &'static str },
     /// `offset:`, `size:` or `signed:` has a value we cannot interpret.
     #[error("malformed tracepoint format, line {line}: invalid {attribute} value {value:?}")]
     InvalidAttribute {
@@ -54,9 +51,7 @@ pub enum FormatError {
         value: String,
     },
     /// A `field:` declaration has no identifier after its type.
-    #[error(
-        "malformed tracepoint format, line {line}: no field name in declaration {declaration:?}"
-    )]
+    #[error("malformed tracepoint format, line {line}: no field name in declaration {declaration:?}")]
     MissingFieldName { line: usize, declaration: String },
     /// The text has no `field:` line at all.
     #[error("tracepoint format has no fields")]
@@ -75,11 +70,7 @@ pub enum FormatError {
     InvalidName { category: String, event: String },
     /// No format file for this tracepoint: the kernel does not have it.
     #[error("tracepoint {category}/{event} does not exist in this kernel ({} not found)", path.display())]
-    EventNotFound {
-        category: String,
-        event: String,
-        path: PathBuf,
-    },
+    EventNotFound { category: String, event: String, path: PathBuf },
     /// The format file exists but may not be read.
     #[error("permission denied reading {} (run as root)", path.display())]
     PermissionDenied { path: PathBuf },
@@ -122,9 +113,7 @@ pub fn field_offset(fields: &[Field], name: &str) -> Result<u32, FormatError> {
         .iter()
         .find(|f| f.name == name)
         .map(|f| f.offset)
-        .ok_or_else(|| FormatError::FieldNotFound {
-            name: name.to_owned(),
-        })
+        .ok_or_else(|| FormatError::FieldNotFound { name: name.to_owned() })
 }
 
 /// Returns the first of `/sys/kernel/tracing` and `/sys/kernel/debug/tracing`
@@ -144,19 +133,11 @@ pub fn read_format(category: &str, event: &str) -> Result<Vec<Field>, FormatErro
 /// [`tracefs_root`]).
 pub fn read_format_in(root: &Path, category: &str, event: &str) -> Result<Vec<Field>, FormatError> {
     check_name(category, event)?;
-    let path = root
-        .join("events")
-        .join(category)
-        .join(event)
-        .join("format");
+    let path = root.join("events").join(category).join(event).join("format");
     let bytes = match fs::read(&path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Err(FormatError::EventNotFound {
-                category: category.to_owned(),
-                event: event.to_owned(),
-                path,
-            });
+            return Err(FormatError::EventNotFound { category: category.to_owned(), event: event.to_owned(), path });
         }
         Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
             return Err(FormatError::PermissionDenied { path });
@@ -168,10 +149,7 @@ pub fn read_format_in(root: &Path, category: &str, event: &str) -> Result<Vec<Fi
 }
 
 fn first_with_events<'a>(candidates: impl IntoIterator<Item = &'a Path>) -> Option<PathBuf> {
-    candidates
-        .into_iter()
-        .find(|root| root.join("events").is_dir())
-        .map(Path::to_path_buf)
+    candidates.into_iter().find(|root| root.join("events").is_dir()).map(Path::to_path_buf)
 }
 
 /// Tracepoint names are single path components: reject anything that could
@@ -181,10 +159,7 @@ fn check_name(category: &str, event: &str) -> Result<(), FormatError> {
     if ok(category) && ok(event) {
         Ok(())
     } else {
-        Err(FormatError::InvalidName {
-            category: category.to_owned(),
-            event: event.to_owned(),
-        })
+        Err(FormatError::InvalidName { category: category.to_owned(), event: event.to_owned() })
     }
 }
 
@@ -216,10 +191,8 @@ fn parse_field_line(rest: &str, line: usize) -> Result<Field, FormatError> {
     }
     let missing = |attribute| FormatError::MissingAttribute { line, attribute };
     Ok(Field {
-        name: field_name(declaration).ok_or_else(|| FormatError::MissingFieldName {
-            line,
-            declaration: quote(declaration.trim()),
-        })?,
+        name: field_name(declaration)
+            .ok_or_else(|| FormatError::MissingFieldName { line, declaration: quote(declaration.trim()) })?,
         offset: offset.ok_or_else(|| missing("offset"))?,
         size: size.ok_or_else(|| missing("size"))?,
         signed: signed.ok_or_else(|| missing("signed"))?,
@@ -237,12 +210,7 @@ fn field_name(declaration: &str) -> Option<String> {
         decl = inner.get(..open)?.trim_end();
     }
     let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_';
-    let start = decl
-        .char_indices()
-        .rev()
-        .take_while(|&(_, c)| is_ident(c))
-        .last()
-        .map(|(i, _)| i)?;
+    let start = decl.char_indices().rev().take_while(|&(_, c)| is_ident(c)).last().map(|(i, _)| i)?;
     let (type_part, name) = (decl.get(..start)?, decl.get(start..)?);
     let starts_like_ident = name.chars().next().is_some_and(|c| !c.is_ascii_digit());
     if type_part.trim().is_empty() || !starts_like_ident {
@@ -253,20 +221,13 @@ fn field_name(declaration: &str) -> Option<String> {
 
 /// Strict unsigned decimal u32 (no sign, no blanks inside, no overflow).
 fn parse_u32(value: &str, attribute: &'static str, line: usize) -> Result<u32, FormatError> {
-    let parsed = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        value.parse::<u32>().ok()
-    } else {
-        None
-    };
+    let parsed =
+        if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) { value.parse::<u32>().ok() } else { None };
     parsed.ok_or_else(|| invalid(value, attribute, line))
 }
 
 fn invalid(value: &str, attribute: &'static str, line: usize) -> FormatError {
-    FormatError::InvalidAttribute {
-        line,
-        attribute,
-        value: quote(value),
-    }
+    FormatError::InvalidAttribute { line, attribute, value: quote(value) }
 }
 
 fn quote(value: &str) -> String {
@@ -361,12 +322,7 @@ mod tests {
     ";
 
     fn f(name: &str, offset: u32, size: u32, signed: bool) -> Field {
-        Field {
-            name: name.to_owned(),
-            offset,
-            size,
-            signed,
-        }
+        Field { name: name.to_owned(), offset, size, signed }
     }
 
     fn common() -> Vec<Field> {
@@ -429,11 +385,7 @@ mod tests {
             (
                 "sched_process_exec (__data_loc)",
                 SCHED_PROCESS_EXEC,
-                vec![
-                    f("filename", 8, 4, false),
-                    f("pid", 12, 4, true),
-                    f("old_pid", 16, 4, true),
-                ],
+                vec![f("filename", 8, 4, false), f("pid", 12, 4, true), f("old_pid", 16, 4, true)],
             ),
         ];
         for (what, text, specific) in cases {
@@ -449,14 +401,8 @@ mod tests {
             field_offset(&fields, "saddr[4]"),
             Err(FormatError::FieldNotFound { name }) if name == "saddr[4]"
         ));
-        assert!(matches!(
-            field_offset(&fields, "nope"),
-            Err(FormatError::FieldNotFound { .. })
-        ));
-        assert!(matches!(
-            field_offset(&[], "x"),
-            Err(FormatError::FieldNotFound { .. })
-        ));
+        assert!(matches!(field_offset(&fields, "nope"), Err(FormatError::FieldNotFound { .. })));
+        assert!(matches!(field_offset(&[], "x"), Err(FormatError::FieldNotFound { .. })));
         Ok(())
     }
 
@@ -465,128 +411,34 @@ mod tests {
         // (line after "field:", expected name, offset, size, signed)
         let cases: &[(&str, &str, u32, u32, bool)] = &[
             ("int x;\toffset:1;\tsize:4;\tsigned:1;", "x", 1, 4, true),
-            (
-                "unsigned long long bytes;\toffset:8;\tsize:8;\tsigned:0;",
-                "bytes",
-                8,
-                8,
-                false,
-            ),
-            (
-                "const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;",
-                "skaddr",
-                8,
-                8,
-                false,
-            ),
-            (
-                "struct sock *sk;\toffset:8;\tsize:8;\tsigned:0;",
-                "sk",
-                8,
-                8,
-                false,
-            ),
+            ("unsigned long long bytes;\toffset:8;\tsize:8;\tsigned:0;", "bytes", 8, 8, false),
+            ("const void * skaddr;\toffset:8;\tsize:8;\tsigned:0;", "skaddr", 8, 8, false),
+            ("struct sock *sk;\toffset:8;\tsize:8;\tsigned:0;", "sk", 8, 8, false),
             ("void*p;\toffset:8;\tsize:8;\tsigned:0;", "p", 8, 8, false),
-            (
-                "__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;",
-                "saddr",
-                32,
-                4,
-                false,
-            ),
-            (
-                "__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;",
-                "saddr_v6",
-                40,
-                16,
-                false,
-            ),
-            (
-                "char comm[TASK_COMM_LEN];\toffset:8;\tsize:16;\tsigned:0;",
-                "comm",
-                8,
-                16,
-                false,
-            ),
-            (
-                "char buf[];\toffset:8;\tsize:0;\tsigned:0;",
-                "buf",
-                8,
-                0,
-                false,
-            ),
-            (
-                "u32 m[2][3];\toffset:8;\tsize:24;\tsigned:0;",
-                "m",
-                8,
-                24,
-                false,
-            ),
-            (
-                "u32 sp [ 4 ] ;\toffset:8;\tsize:16;\tsigned:0;",
-                "sp",
-                8,
-                16,
-                false,
-            ),
-            (
-                "__data_loc char[] name;\toffset:8;\tsize:4;\tsigned:0;",
-                "name",
-                8,
-                4,
-                false,
-            ),
-            (
-                "__data_loc u8[] buf;\toffset:8;\tsize:4;\tsigned:0;",
-                "buf",
-                8,
-                4,
-                false,
-            ),
-            (
-                "__rel_loc char[] msg;\toffset:8;\tsize:4;\tsigned:0;",
-                "msg",
-                8,
-                4,
-                false,
-            ),
+            ("__u8 saddr[4];\toffset:32;\tsize:4;\tsigned:0;", "saddr", 32, 4, false),
+            ("__u8 saddr_v6[16];\toffset:40;\tsize:16;\tsigned:0;", "saddr_v6", 40, 16, false),
+            ("char comm[TASK_COMM_LEN];\toffset:8;\tsize:16;\tsigned:0;", "comm", 8, 16, false),
+            ("char buf[];\toffset:8;\tsize:0;\tsigned:0;", "buf", 8, 0, false),
+            ("u32 m[2][3];\toffset:8;\tsize:24;\tsigned:0;", "m", 8, 24, false),
+            ("u32 sp [ 4 ] ;\toffset:8;\tsize:16;\tsigned:0;", "sp", 8, 16, false),
+            ("__data_loc char[] name;\toffset:8;\tsize:4;\tsigned:0;", "name", 8, 4, false),
+            ("__data_loc u8[] buf;\toffset:8;\tsize:4;\tsigned:0;", "buf", 8, 4, false),
+            ("__rel_loc char[] msg;\toffset:8;\tsize:4;\tsigned:0;", "msg", 8, 4, false),
             ("int _;\toffset:0;\tsize:4;\tsigned:1;", "_", 0, 4, true),
             ("int x2;\toffset:0;\tsize:4;\tsigned:1;", "x2", 0, 4, true),
             // Attribute order, spacing, extras and duplicates.
             ("int x; size:4; signed:1; offset:12;", "x", 12, 4, true),
             ("int x;offset:1;size:2;signed:0", "x", 1, 2, false),
-            (
-                "int x;\toffset: 7 ;\tsize:4;\tsigned:1;\textra:zz;\tjunk;",
-                "x",
-                7,
-                4,
-                true,
-            ),
-            (
-                "int x;\toffset:1;\toffset:2;\tsize:4;\tsigned:1;",
-                "x",
-                1,
-                4,
-                true,
-            ),
-            (
-                "int x;\toffset:4294967295;\tsize:4294967295;\tsigned:0;",
-                "x",
-                u32::MAX,
-                u32::MAX,
-                false,
-            ),
+            ("int x;\toffset: 7 ;\tsize:4;\tsigned:1;\textra:zz;\tjunk;", "x", 7, 4, true),
+            ("int x;\toffset:1;\toffset:2;\tsize:4;\tsigned:1;", "x", 1, 4, true),
+            ("int x;\toffset:4294967295;\tsize:4294967295;\tsigned:0;", "x", u32::MAX, u32::MAX, false),
             ("int x;\toffset:0001;\tsize:4;\tsigned:0;", "x", 1, 4, false),
             ("int x;\toffset:1;\tsize:4;\tsigned:0;\r", "x", 1, 4, false),
         ];
         for (rest, name, offset, size, signed) in cases {
             let text = format!("format:\n\tfield:{rest}\n");
             match parse_format(&text) {
-                Ok(fields) => assert_eq!(
-                    fields,
-                    vec![f(name, *offset, *size, *signed)],
-                    "line {rest:?}"
-                ),
+                Ok(fields) => assert_eq!(fields, vec![f(name, *offset, *size, *signed)], "line {rest:?}"),
                 Err(e) => panic!("line {rest:?}: {e}"),
             }
         }
@@ -604,148 +456,44 @@ mod tests {
         use Want::*;
         let cases: &[(&str, &str, Want)] = &[
             ("empty", "", NoFields),
-            (
-                "header only",
-                "name: x\nID: 1\nformat:\n\nprint fmt: \"\"\n",
-                NoFields,
-            ),
+            ("header only", "name: x\nID: 1\nformat:\n\nprint fmt: \"\"\n", NoFields),
             ("not a format file", "hello\nworld", NoFields),
-            (
-                "field word elsewhere",
-                "name: field:\nprint fmt: \"field:int x;\"\n",
-                NoFields,
-            ),
-            (
-                "truncated after decl",
-                "format:\n\tfield:int x",
-                Missing(2, "offset"),
-            ),
-            (
-                "truncated after semicolon",
-                "format:\n\tfield:int x;",
-                Missing(2, "offset"),
-            ),
-            (
-                "truncated in offset key",
-                "format:\n\tfield:int x;\toff",
-                Missing(2, "offset"),
-            ),
-            (
-                "truncated offset value",
-                "format:\n\tfield:int x;\toffset:",
-                Invalid(2, "offset"),
-            ),
-            (
-                "truncated before size",
-                "format:\n\tfield:int x;\toffset:8;",
-                Missing(2, "size"),
-            ),
-            (
-                "truncated in size",
-                "format:\n\tfield:int x;\toffset:8;\tsiz",
-                Missing(2, "size"),
-            ),
-            (
-                "truncated before signed",
-                "format:\n\tfield:int x;\toffset:8;\tsize:4;",
-                Missing(2, "signed"),
-            ),
-            (
-                "truncated signed value",
-                "format:\n\tfield:int x;\toffset:8;\tsize:4;\tsigned:",
-                Invalid(2, "signed"),
-            ),
+            ("field word elsewhere", "name: field:\nprint fmt: \"field:int x;\"\n", NoFields),
+            ("truncated after decl", "format:\n\tfield:int x", Missing(2, "offset")),
+            ("truncated after semicolon", "format:\n\tfield:int x;", Missing(2, "offset")),
+            ("truncated in offset key", "format:\n\tfield:int x;\toff", Missing(2, "offset")),
+            ("truncated offset value", "format:\n\tfield:int x;\toffset:", Invalid(2, "offset")),
+            ("truncated before size", "format:\n\tfield:int x;\toffset:8;", Missing(2, "size")),
+            ("truncated in size", "format:\n\tfield:int x;\toffset:8;\tsiz", Missing(2, "size")),
+            ("truncated before signed", "format:\n\tfield:int x;\toffset:8;\tsize:4;", Missing(2, "signed")),
+            ("truncated signed value", "format:\n\tfield:int x;\toffset:8;\tsize:4;\tsigned:", Invalid(2, "signed")),
             (
                 "second line bad",
                 "\tfield:int a;\toffset:0;\tsize:4;\tsigned:1;\n\tfield:int b;\tsize:4;\tsigned:1;\n",
                 Missing(2, "offset"),
             ),
-            (
-                "negative offset",
-                "\tfield:int x;\toffset:-8;\tsize:4;\tsigned:1;",
-                Invalid(1, "offset"),
-            ),
-            (
-                "plus offset",
-                "\tfield:int x;\toffset:+8;\tsize:4;\tsigned:1;",
-                Invalid(1, "offset"),
-            ),
-            (
-                "hex offset",
-                "\tfield:int x;\toffset:0x8;\tsize:4;\tsigned:1;",
-                Invalid(1, "offset"),
-            ),
-            (
-                "offset > u32",
-                "\tfield:int x;\toffset:4294967296;\tsize:4;\tsigned:1;",
-                Invalid(1, "offset"),
-            ),
-            (
-                "huge size",
-                "\tfield:int x;\toffset:0;\tsize:99999999999999999999999999;\tsigned:1;",
-                Invalid(1, "size"),
-            ),
-            (
-                "two numbers",
-                "\tfield:int x;\toffset:1 2;\tsize:4;\tsigned:1;",
-                Invalid(1, "offset"),
-            ),
-            (
-                "signed 2",
-                "\tfield:int x;\toffset:0;\tsize:4;\tsigned:2;",
-                Invalid(1, "signed"),
-            ),
-            (
-                "signed word",
-                "\tfield:int x;\toffset:0;\tsize:4;\tsigned:yes;",
-                Invalid(1, "signed"),
-            ),
-            (
-                "no type",
-                "\tfield:x;\toffset:0;\tsize:4;\tsigned:1;",
-                NoName(1),
-            ),
-            (
-                "empty decl",
-                "\tfield:;\toffset:0;\tsize:4;\tsigned:1;",
-                NoName(1),
-            ),
-            (
-                "no identifier",
-                "\tfield:int *;\toffset:0;\tsize:4;\tsigned:1;",
-                NoName(1),
-            ),
-            (
-                "only array",
-                "\tfield:[4];\toffset:0;\tsize:4;\tsigned:1;",
-                NoName(1),
-            ),
-            (
-                "unbalanced bracket",
-                "\tfield:int x4];\toffset:0;\tsize:4;\tsigned:1;",
-                NoName(1),
-            ),
-            (
-                "digit-leading name",
-                "\tfield:int 4x;\toffset:0;\tsize:4;\tsigned:1;",
-                NoName(1),
-            ),
-            (
-                "non-ascii name",
-                "\tfield:int caf\u{e9};\toffset:0;\tsize:4;\tsigned:1;",
-                NoName(1),
-            ),
+            ("negative offset", "\tfield:int x;\toffset:-8;\tsize:4;\tsigned:1;", Invalid(1, "offset")),
+            ("plus offset", "\tfield:int x;\toffset:+8;\tsize:4;\tsigned:1;", Invalid(1, "offset")),
+            ("hex offset", "\tfield:int x;\toffset:0x8;\tsize:4;\tsigned:1;", Invalid(1, "offset")),
+            ("offset > u32", "\tfield:int x;\toffset:4294967296;\tsize:4;\tsigned:1;", Invalid(1, "offset")),
+            ("huge size", "\tfield:int x;\toffset:0;\tsize:99999999999999999999999999;\tsigned:1;", Invalid(1, "size")),
+            ("two numbers", "\tfield:int x;\toffset:1 2;\tsize:4;\tsigned:1;", Invalid(1, "offset")),
+            ("signed 2", "\tfield:int x;\toffset:0;\tsize:4;\tsigned:2;", Invalid(1, "signed")),
+            ("signed word", "\tfield:int x;\toffset:0;\tsize:4;\tsigned:yes;", Invalid(1, "signed")),
+            ("no type", "\tfield:x;\toffset:0;\tsize:4;\tsigned:1;", NoName(1)),
+            ("empty decl", "\tfield:;\toffset:0;\tsize:4;\tsigned:1;", NoName(1)),
+            ("no identifier", "\tfield:int *;\toffset:0;\tsize:4;\tsigned:1;", NoName(1)),
+            ("only array", "\tfield:[4];\toffset:0;\tsize:4;\tsigned:1;", NoName(1)),
+            ("unbalanced bracket", "\tfield:int x4];\toffset:0;\tsize:4;\tsigned:1;", NoName(1)),
+            ("digit-leading name", "\tfield:int 4x;\toffset:0;\tsize:4;\tsigned:1;", NoName(1)),
+            ("non-ascii name", "\tfield:int caf\u{e9};\toffset:0;\tsize:4;\tsigned:1;", NoName(1)),
         ];
         for (what, text, want) in cases {
             match (parse_format(text), want) {
                 (Err(FormatError::MissingAttribute { line, attribute }), Missing(l, a))
                     if line == *l && attribute == *a => {}
-                (
-                    Err(FormatError::InvalidAttribute {
-                        line, attribute, ..
-                    }),
-                    Invalid(l, a),
-                ) if line == *l && attribute == *a => {}
+                (Err(FormatError::InvalidAttribute { line, attribute, .. }), Invalid(l, a))
+                    if line == *l && attribute == *a => {}
                 (Err(FormatError::MissingFieldName { line, .. }), NoName(l)) if line == *l => {}
                 (Err(FormatError::NoFields), NoFields) => {}
                 (other, _) => panic!("case {what:?}: got {other:?}, want {want:?}"),
@@ -755,18 +503,12 @@ mod tests {
 
     #[test]
     fn error_messages() {
-        let long = format!(
-            "\tfield:int x;\toffset:{};\tsize:4;\tsigned:1;",
-            "9".repeat(50_000)
-        );
+        let long = format!("\tfield:int x;\toffset:{};\tsize:4;\tsigned:1;", "9".repeat(50_000));
         let msg = match parse_format(&long) {
             Err(e) => e.to_string(),
             Ok(v) => panic!("unexpected {v:?}"),
         };
-        assert!(
-            msg.starts_with("malformed tracepoint format, line 1: invalid offset value \"999"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("malformed tracepoint format, line 1: invalid offset value \"999"), "{msg}");
         assert!(msg.len() < 150, "{msg}");
         assert_eq!(
             FormatError::FieldNotFound { name: "x".into() }.to_string(),
@@ -783,19 +525,10 @@ mod tests {
     fn fake_tracefs_tree() -> Result<(), Box<dyn std::error::Error>> {
         let tree = TempTree::new("tracefs")?;
         let root = tree.path().join("tracing");
-        tree.write(
-            "tracing/events/sock/inet_sock_set_state/format",
-            INET_SOCK_SET_STATE.as_bytes(),
-        )?;
-        tree.write(
-            "tracing/events/bad/utf8/format",
-            b"\tfield:int \xff;\toffset:0;\tsize:4;\tsigned:1;\n",
-        )?;
+        tree.write("tracing/events/sock/inet_sock_set_state/format", INET_SOCK_SET_STATE.as_bytes())?;
+        tree.write("tracing/events/bad/utf8/format", b"\tfield:int \xff;\toffset:0;\tsize:4;\tsigned:1;\n")?;
         tree.write("tracing/events/bad/empty/format", b"")?;
-        tree.write(
-            "tracing/events/bad/truncated/format",
-            b"format:\n\tfield:int x;\toffset:8;\tsi",
-        )?;
+        tree.write("tracing/events/bad/truncated/format", b"format:\n\tfield:int x;\toffset:8;\tsi")?;
 
         let fields = read_format_in(&root, "sock", "inet_sock_set_state")?;
         assert_eq!(field_offset(&fields, "newstate")?, 20);
@@ -804,20 +537,11 @@ mod tests {
             read_format_in(&root, "sock", "nope"),
             Err(FormatError::EventNotFound { category, event, .. }) if category == "sock" && event == "nope"
         ));
-        assert!(matches!(
-            read_format_in(&root, "bad", "utf8"),
-            Err(FormatError::NotUtf8 { .. })
-        ));
-        assert!(matches!(
-            read_format_in(&root, "bad", "empty"),
-            Err(FormatError::NoFields)
-        ));
+        assert!(matches!(read_format_in(&root, "bad", "utf8"), Err(FormatError::NotUtf8 { .. })));
+        assert!(matches!(read_format_in(&root, "bad", "empty"), Err(FormatError::NoFields)));
         assert!(matches!(
             read_format_in(&root, "bad", "truncated"),
-            Err(FormatError::MissingAttribute {
-                line: 2,
-                attribute: "size"
-            })
+            Err(FormatError::MissingAttribute { line: 2, attribute: "size" })
         ));
         for (category, event) in [
             ("", "x"),
@@ -830,17 +554,11 @@ mod tests {
             ("a\0", "b"),
         ] {
             assert!(
-                matches!(
-                    read_format_in(&root, category, event),
-                    Err(FormatError::InvalidName { .. })
-                ),
+                matches!(read_format_in(&root, category, event), Err(FormatError::InvalidName { .. })),
                 "{category:?}/{event:?}"
             );
             assert!(
-                matches!(
-                    read_format(category, event),
-                    Err(FormatError::InvalidName { .. })
-                ),
+                matches!(read_format(category, event), Err(FormatError::InvalidName { .. })),
                 "{category:?}/{event:?}"
             );
         }
@@ -852,14 +570,8 @@ mod tests {
         fs::create_dir_all(&a)?; // no events
         fs::create_dir_all(b.join("events"))?;
         tree.write("c/events", b"not a directory")?;
-        assert_eq!(
-            first_with_events([a.as_path(), b.as_path()]),
-            Some(b.clone())
-        );
-        assert_eq!(
-            first_with_events([c.as_path(), root.as_path(), b.as_path()]),
-            Some(root.clone())
-        );
+        assert_eq!(first_with_events([a.as_path(), b.as_path()]), Some(b.clone()));
+        assert_eq!(first_with_events([c.as_path(), root.as_path(), b.as_path()]), Some(root.clone()));
         assert_eq!(first_with_events([a.as_path(), c.as_path()]), None);
         assert_eq!(first_with_events(std::iter::empty()), None);
         Ok(())
@@ -907,35 +619,19 @@ mod tests {
             (
                 "sock",
                 "sock_send_length",
-                &[
-                    ("sk", 8, false),
-                    ("family", 2, false),
-                    ("protocol", 2, false),
-                    ("ret", 4, true),
-                ],
+                &[("sk", 8, false), ("family", 2, false), ("protocol", 2, false), ("ret", 4, true)],
             ),
         ];
         for (category, event, expected) in cases {
             let fields = read_format(category, event)?;
-            assert_eq!(
-                field_offset(&fields, "common_type")?,
-                0,
-                "{category}/{event}"
-            );
+            assert_eq!(field_offset(&fields, "common_type")?, 0, "{category}/{event}");
             for (name, size, signed) in *expected {
                 let field = fields.iter().find(|f| f.name == *name);
                 let Some(field) = field else {
                     panic!("{category}/{event}: no field {name} in {fields:?}");
                 };
-                assert_eq!(
-                    (field.size, field.signed),
-                    (*size, *signed),
-                    "{category}/{event} {name}"
-                );
-                assert!(
-                    field.offset >= 8,
-                    "{category}/{event} {name} overlaps the common header"
-                );
+                assert_eq!((field.size, field.signed), (*size, *signed), "{category}/{event} {name}");
+                assert!(field.offset >= 8, "{category}/{event} {name} overlaps the common header");
             }
             eprintln!("{category}/{event}: {} fields ok", fields.len());
         }

@@ -4,11 +4,7 @@
 //! it, so for a target in another namespace (a container watched from the
 //! host) the reading thread enters that namespace just for the creation.
 
-use std::{
-    fs::File,
-    io::Read,
-    os::fd::AsRawFd,
-};
+use std::{fs::File, io::Read, os::fd::AsRawFd};
 
 use aya::{Ebpf, programs::Iter};
 use observer_common::SockRecord;
@@ -86,10 +82,8 @@ pub fn decode(buf: &[u8]) -> Result<Vec<SockRecord>, IterError> {
 /// Runs `f` with this thread inside the network namespace `ns`, then returns.
 /// A network namespace is per thread, so nothing else in the process moves.
 pub(crate) fn in_netns<T>(ns: &File, f: impl FnOnce() -> T) -> Result<T, IterError> {
-    let own = File::open("/proc/thread-self/ns/net").map_err(|source| IterError::Netns {
-        path: "/proc/thread-self/ns/net".into(),
-        source,
-    })?;
+    let own = File::open("/proc/thread-self/ns/net")
+        .map_err(|source| IterError::Netns { path: "/proc/thread-self/ns/net".into(), source })?;
     setns(ns, "target namespace")?;
     // Back on every path, a panic in `f` included.
     let back = Back(Some(own));

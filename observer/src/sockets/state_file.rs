@@ -81,7 +81,12 @@ impl Seed {
     pub fn as_tracked(&self, rec: &SockRecord) -> Tracked {
         Tracked {
             owner: self.owner,
-            record: SockRecord { snd_una: self.snd_una, rcv_tstamp: self.rcv_tstamp, probes_out: self.probes_out, ..*rec },
+            record: SockRecord {
+                snd_una: self.snd_una,
+                rcv_tstamp: self.rcv_tstamp,
+                probes_out: self.probes_out,
+                ..*rec
+            },
             class: crate::classify::Class::Healthy,
             progress_at: self.progress_at,
             close_wait_at: self.close_wait_at,
@@ -227,13 +232,29 @@ fn parse(text: &str, boot: &str) -> Result<HashMap<u64, Seed>, ParseError> {
     for (i, line) in lines.enumerate() {
         let bad = ParseError::Malformed { line: i + 2, what: "expected 15 numbers" };
         let v: Vec<u64> = line.split_whitespace().map(str::parse).collect::<Result<_, _>>().map_err(|_| bad)?;
-        let [sk, inode, netns, sport, dport, owner, snd_una, rcv_tstamp, probes_out, progress_at, cw, zw, open_at, conn, probe] =
-            v[..]
+        let [
+            sk,
+            inode,
+            netns,
+            sport,
+            dport,
+            owner,
+            snd_una,
+            rcv_tstamp,
+            probes_out,
+            progress_at,
+            cw,
+            zw,
+            open_at,
+            conn,
+            probe,
+        ] = v[..]
         else {
             return Err(ParseError::Malformed { line: i + 2, what: "expected 15 numbers" });
         };
         let some = |x: u64| (x != 0).then_some(x);
-        let narrow = |x: u64| ParseError::Malformed { line: i + 2, what: if x > 0 { "a number out of range" } else { "" } };
+        let narrow =
+            |x: u64| ParseError::Malformed { line: i + 2, what: if x > 0 { "a number out of range" } else { "" } };
         out.insert(
             sk,
             Seed {

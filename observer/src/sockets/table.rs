@@ -8,8 +8,8 @@ use std::{
 
 use observer_common::{FLAG_APP_CLOSED, SockEvents, SockRecord, tcp_state, timer};
 
-use crate::sockets::state_file::Seed;
 use crate::classify::{self, Class, Observed, StallReason, Thresholds, ZombieReason};
+use crate::sockets::state_file::Seed;
 
 /// One socket of a target, with the times the agent keeps for it.
 #[derive(Clone, Debug)]
@@ -59,11 +59,7 @@ impl Tracked {
             flags: if self.orphan() { FLAG_APP_CLOSED } else { 0 },
             snd_una: r.snd_una,
             total_retrans: r.total_retrans,
-            last_progress_ns: if self.unacked() == 0 {
-                now
-            } else {
-                self.progress_at
-            },
+            last_progress_ns: if self.unacked() == 0 { now } else { self.progress_at },
             close_wait_since_ns: self.close_wait_at.unwrap_or(0),
             zero_window_since_ns: self.zero_window_at.unwrap_or(0),
             state_since_ns: self.connect_at.or(self.close_wait_at).unwrap_or(0),
@@ -141,10 +137,7 @@ impl Summary {
 
 impl SocketTable {
     pub fn with_tick(tick_ns: u64) -> Self {
-        SocketTable {
-            tick_ns,
-            ..SocketTable::default()
-        }
+        SocketTable { tick_ns, ..SocketTable::default() }
     }
 
     pub fn len(&self) -> usize {
@@ -227,9 +220,7 @@ impl SocketTable {
             };
             let prev = self.socks.get(&rec.sk).or(seeded.as_ref());
             let known = |pid: &u32| self.known_owners.contains(pid);
-            let from_events = (rec.has_events != 0)
-                .then_some(rec.events.owner_tgid)
-                .filter(known);
+            let from_events = (rec.has_events != 0).then_some(rec.events.owner_tgid).filter(known);
             let owner = if rec.inode != 0 {
                 // A file holds it: the file tables say whose it is. Between
                 // their full reads, a socket they have not seen yet (a new
@@ -271,21 +262,14 @@ impl SocketTable {
                     actions.track.push((rec.sk, t.as_events(now)));
                 }
             }
-            self.socks.insert(
-                rec.sk,
-                Tracked {
-                    seen: generation,
-                    ..t
-                },
-            );
+            self.socks.insert(rec.sk, Tracked { seen: generation, ..t });
         }
         let unread = std::mem::take(&mut self.unread);
         self.socks.retain(|_, t| t.seen == generation || unread.contains(&t.record.netns));
         // A seed not matched at the first sweep is of a socket that is gone.
         self.seeds.clear();
         let owning: HashSet<u32> = self.socks.values().map(|t| t.owner).collect();
-        self.known_owners
-            .retain(|p| targets.contains(p) || owning.contains(p));
+        self.known_owners.retain(|p| targets.contains(p) || owning.contains(p));
         actions
     }
 
@@ -320,10 +304,7 @@ fn listener_owners(records: &[SockRecord], inode_owner: &HashMap<u64, u32>) -> H
     let mut by_port: HashMap<(u32, u16), Option<u32>> = HashMap::new();
     for r in records.iter().filter(|r| r.state == tcp_state::LISTEN) {
         let owner = inode_owner.get(&r.inode).copied();
-        by_port
-            .entry((r.netns, r.sport))
-            .and_modify(|o| *o = o.zip(owner).map(|(a, b)| a.min(b)))
-            .or_insert(owner);
+        by_port.entry((r.netns, r.sport)).and_modify(|o| *o = o.zip(owner).map(|(a, b)| a.min(b))).or_insert(owner);
     }
     by_port
 }
@@ -344,25 +325,11 @@ fn dated(rec: &SockRecord, stamp: u32, now: u64, tick_ns: u64) -> u64 {
 fn persist_lower_bound(backoff: u8) -> u64 {
     const RTO_MIN_NS: u64 = 200_000_000;
     const RTO_MAX_NS: u64 = 120_000_000_000;
-    (0..u32::from(backoff).min(64))
-        .map(|i| {
-            RTO_MIN_NS
-                .checked_shl(i)
-                .unwrap_or(u64::MAX)
-                .min(RTO_MAX_NS)
-        })
-        .sum()
+    (0..u32::from(backoff).min(64)).map(|i| RTO_MIN_NS.checked_shl(i).unwrap_or(u64::MAX).min(RTO_MAX_NS)).sum()
 }
 
 /// One socket's next state from its previous one and a fresh record.
-fn update(
-    prev: Option<&Tracked>,
-    owner: u32,
-    rec: &SockRecord,
-    now: u64,
-    tick_ns: u64,
-    th: &Thresholds,
-) -> Tracked {
+fn update(prev: Option<&Tracked>, owner: u32, rec: &SockRecord, now: u64, tick_ns: u64, th: &Thresholds) -> Tracked {
     let ev = (rec.has_events != 0).then_some(&rec.events);
     let unacked = rec.snd_nxt.wrapping_sub(rec.snd_una);
     let unsent = rec.write_seq.wrapping_sub(rec.snd_nxt);
@@ -415,26 +382,13 @@ fn update(
         } else {
             now
         };
-        let known = if una_moved {
-            None
-        } else {
-            prev.and_then(|p| p.zero_window_at)
-        };
-        let event = ev
-            .map(|e| e.zero_window_since_ns)
-            .filter(|&t| t != 0 && t >= floor);
-        [known, event]
-            .into_iter()
-            .flatten()
-            .fold(first_sight, u64::min)
-            .max(floor)
+        let known = if una_moved { None } else { prev.and_then(|p| p.zero_window_at) };
+        let event = ev.map(|e| e.zero_window_since_ns).filter(|&t| t != 0 && t >= floor);
+        [known, event].into_iter().flatten().fold(first_sight, u64::min).max(floor)
     });
 
     let connect_at = (rec.state == tcp_state::SYN_SENT).then(|| {
-        match (
-            ev.map(|e| e.state_since_ns).filter(|&t| t != 0),
-            prev.and_then(|p| p.connect_at),
-        ) {
+        match (ev.map(|e| e.state_since_ns).filter(|&t| t != 0), prev.and_then(|p| p.connect_at)) {
             (Some(e), _) => e,
             (None, Some(p)) => p,
             // A SYN retransmitted n times has waited at least half its
@@ -452,27 +406,12 @@ fn update(
     });
     let probe_unanswered_for = probe_seen_at.map(|seen| {
         // Lower bounds of the oldest unanswered probe's age; the largest wins.
-        let by_event = ev.map_or(0, |e| {
-            if e.last_probe_ns != 0 {
-                now.saturating_sub(e.last_probe_ns)
-            } else {
-                0
-            }
-        });
+        let by_event = ev.map_or(0, |e| if e.last_probe_ns != 0 { now.saturating_sub(e.last_probe_ns) } else { 0 });
         // The socket's last send or receive was that probe or later.
-        let by_stamp = if rec.mstamp_us != 0 {
-            rec.ktime_us.saturating_sub(rec.mstamp_us) * 1000
-        } else {
-            0
-        };
+        let by_stamp = if rec.mstamp_us != 0 { rec.ktime_us.saturating_sub(rec.mstamp_us) * 1000 } else { 0 };
         // A second probe goes out only after the first waited a full RTO.
         let by_count = if rec.probes_out >= 2 { rto } else { 0 };
-        Duration::from_nanos(
-            by_event
-                .max(by_stamp)
-                .max(by_count)
-                .max(now.saturating_sub(seen)),
-        )
+        Duration::from_nanos(by_event.max(by_stamp).max(by_count).max(now.saturating_sub(seen)))
     });
 
     let since = |at: u64| Duration::from_nanos(now.saturating_sub(at));
@@ -519,14 +458,7 @@ mod tests {
     const TICK: u64 = 4_000_000;
 
     fn rec(sk: u64, inode: u64, state: u8) -> SockRecord {
-        SockRecord {
-            sk,
-            inode,
-            state,
-            snd_wnd: 65535,
-            rto: 51,
-            ..Default::default()
-        }
+        SockRecord { sk, inode, state, snd_wnd: 65535, rto: 51, ..Default::default() }
     }
 
     fn owners(pairs: &[(u64, u32)]) -> HashMap<u64, u32> {
@@ -535,11 +467,7 @@ mod tests {
 
     fn th() -> Thresholds {
         let s = Duration::from_secs;
-        Thresholds {
-            dead_after: s(5),
-            close_wait_after: s(5),
-            stall_after: s(5),
-        }
+        Thresholds { dead_after: s(5), close_wait_after: s(5), stall_after: s(5) }
     }
 
     fn class_of(table: &SocketTable, sk: u64) -> Option<Class> {
@@ -552,26 +480,12 @@ mod tests {
         let targets = HashSet::from([100]);
         let mine = rec(1, 11, tcp_state::ESTABLISHED);
         let other = rec(2, 22, tcp_state::ESTABLISHED);
-        let actions = table.sweep(
-            SEC,
-            &[mine, other],
-            &owners(&[(11, 100)]),
-            &targets,
-            true,
-            &th(),
-        );
+        let actions = table.sweep(SEC, &[mine, other], &owners(&[(11, 100)]), &targets, true, &th());
         assert_eq!(table.len(), 1);
         assert_eq!(actions.track.len(), 1);
-        assert_eq!(
-            (actions.track[0].0, actions.track[0].1.owner_tgid),
-            (1, 100)
-        );
+        assert_eq!((actions.track[0].0, actions.track[0].1.owner_tgid), (1, 100));
         // The target closes it: no inode any more, a FIN and data queued.
-        let closed = SockEvents {
-            owner_tgid: 100,
-            flags: FLAG_APP_CLOSED,
-            ..Default::default()
-        };
+        let closed = SockEvents { owner_tgid: 100, flags: FLAG_APP_CLOSED, ..Default::default() };
         let orphan = SockRecord {
             inode: 0,
             state: tcp_state::FIN_WAIT1,
@@ -584,14 +498,7 @@ mod tests {
         table.sweep(2 * SEC, &[orphan], &owners(&[]), &targets, false, &th());
         assert_eq!(table.len(), 1, "still the target's");
         // Its closer exits (a crashed worker): the orphan stays its.
-        table.sweep(
-            3 * SEC,
-            &[orphan],
-            &owners(&[]),
-            &HashSet::new(),
-            true,
-            &th(),
-        );
+        table.sweep(3 * SEC, &[orphan], &owners(&[]), &HashSet::new(), true, &th());
         assert_eq!(table.sockets().next().map(|t| t.owner), Some(100));
         // Destroyed: gone from the iterator, gone from the table, and the
         // exited owner is forgotten.
@@ -610,31 +517,14 @@ mod tests {
         table.sweep(2 * SEC, &[s], &owners(&[]), &targets, true, &th());
         assert_eq!(table.len(), 0);
         // ... and the probes' memory of its first owner does not bring it back.
-        let ev = SockEvents {
-            owner_tgid: 100,
-            ..Default::default()
-        };
-        let s2 = SockRecord {
-            has_events: 1,
-            events: ev,
-            ..s
-        };
+        let ev = SockEvents { owner_tgid: 100, ..Default::default() };
+        let s2 = SockRecord { has_events: 1, events: ev, ..s };
         assert!(!table.needs_owner_scan(&[s2], &owners(&[]), &targets));
         table.sweep(3 * SEC, &[s2], &owners(&[]), &targets, false, &th());
         assert_eq!(table.len(), 0);
         // The receiver closes it: the closer is not a target.
-        let ev = SockEvents {
-            owner_tgid: 555,
-            flags: FLAG_APP_CLOSED,
-            ..Default::default()
-        };
-        let gone = SockRecord {
-            inode: 0,
-            state: tcp_state::FIN_WAIT1,
-            has_events: 1,
-            events: ev,
-            ..s
-        };
+        let ev = SockEvents { owner_tgid: 555, flags: FLAG_APP_CLOSED, ..Default::default() };
+        let gone = SockRecord { inode: 0, state: tcp_state::FIN_WAIT1, has_events: 1, events: ev, ..s };
         table.sweep(4 * SEC, &[gone], &owners(&[]), &targets, false, &th());
         assert_eq!(table.len(), 0);
     }
@@ -643,15 +533,8 @@ mod tests {
     fn a_new_socket_the_file_tables_have_not_seen_asks_for_a_scan() {
         let table = SocketTable::with_tick(TICK);
         let targets = HashSet::from([100]);
-        let ev = SockEvents {
-            owner_tgid: 100,
-            ..Default::default()
-        };
-        let new = SockRecord {
-            has_events: 1,
-            events: ev,
-            ..rec(1, 11, tcp_state::ESTABLISHED)
-        };
+        let ev = SockEvents { owner_tgid: 100, ..Default::default() };
+        let new = SockRecord { has_events: 1, events: ev, ..rec(1, 11, tcp_state::ESTABLISHED) };
         assert!(table.needs_owner_scan(&[new], &owners(&[]), &targets));
         assert!(!table.needs_owner_scan(&[new], &owners(&[(11, 100)]), &targets));
     }
@@ -681,11 +564,7 @@ mod tests {
         assert_eq!(s.zombie_bytes.get(&ZombieReason::DeadPeer), Some(&19000));
         assert_eq!((s.unsent, s.unacked), (11000, 8000));
         // An ACK arrives: progress resets the clock.
-        let acked = SockRecord {
-            snd_una: 2000,
-            rcv_tstamp: at(7).jiffies,
-            ..at(7)
-        };
+        let acked = SockRecord { snd_una: 2000, rcv_tstamp: at(7).jiffies, ..at(7) };
         table.sweep(8 * SEC, &[acked], &inodes, &targets, false, &th());
         assert_eq!(table.summary().zombies.get(&ZombieReason::DeadPeer), None);
     }
@@ -705,11 +584,7 @@ mod tests {
             rcv_tstamp: 1000,
             ..rec(1, 9, tcp_state::ESTABLISHED)
         };
-        let cw = SockRecord {
-            jiffies: 3000,
-            rcv_tstamp: 1000,
-            ..rec(2, 8, tcp_state::CLOSE_WAIT)
-        };
+        let cw = SockRecord { jiffies: 3000, rcv_tstamp: 1000, ..rec(2, 8, tcp_state::CLOSE_WAIT) };
         let zw = SockRecord {
             snd_wnd: 0,
             write_seq: 900,
@@ -724,36 +599,17 @@ mod tests {
         let actions = table.sweep(100 * SEC, &[dead, cw, zw], &owners_, &targets, true, &th());
         let s = table.summary();
         assert_eq!(s.stalled.get(&StallReason::ZeroWindow), Some(&1));
-        assert_eq!(
-            s.zombies.get(&ZombieReason::DeadPeer),
-            Some(&1),
-            "a restarted observer sees the old stall at once"
-        );
+        assert_eq!(s.zombies.get(&ZombieReason::DeadPeer), Some(&1), "a restarted observer sees the old stall at once");
         assert_eq!(s.zombies.get(&ZombieReason::CloseWait), Some(&1));
         // What the agent hands the probes carries those dates, not "now".
-        let dead_ev = actions
-            .track
-            .iter()
-            .find(|(sk, _)| *sk == 1)
-            .map(|(_, e)| *e)
-            .expect("tracked");
+        let dead_ev = actions.track.iter().find(|(sk, _)| *sk == 1).map(|(_, e)| *e).expect("tracked");
         assert_eq!(dead_ev.last_progress_ns, 92 * SEC);
         // Tracked by the probes from that, the next sweep still says so.
         let again: Vec<SockRecord> = [dead, cw, zw]
             .iter()
             .map(|r| {
-                let ev = actions
-                    .track
-                    .iter()
-                    .find(|(sk, _)| *sk == r.sk)
-                    .map(|(_, e)| *e)
-                    .expect("tracked");
-                SockRecord {
-                    has_events: 1,
-                    events: ev,
-                    jiffies: r.jiffies + 250,
-                    ..*r
-                }
+                let ev = actions.track.iter().find(|(sk, _)| *sk == r.sk).map(|(_, e)| *e).expect("tracked");
+                SockRecord { has_events: 1, events: ev, jiffies: r.jiffies + 250, ..*r }
             })
             .collect();
         table.sweep(101 * SEC, &again, &owners_, &targets, false, &th());
@@ -788,59 +644,26 @@ mod tests {
             ..rec(3, 6, tcp_state::ESTABLISHED)
         };
         table.sweep(100 * SEC, &[zw], &inodes, &targets, true, &th());
-        assert_eq!(
-            class_of(&table, 3),
-            Some(Class::Stalled(StallReason::ZeroWindow)),
-            "younger than the RTO"
-        );
+        assert_eq!(class_of(&table, 3), Some(Class::Stalled(StallReason::ZeroWindow)), "younger than the RTO");
         // 300 ms later, still unanswered: more than its 204 ms RTO.
-        let later = SockRecord {
-            jiffies: 20_075,
-            ktime_us: 50_300_000,
-            ..zw
-        };
-        table.sweep(
-            100 * SEC + 300_000_000,
-            &[later],
-            &inodes,
-            &targets,
-            false,
-            &th(),
-        );
-        assert_eq!(
-            class_of(&table, 3),
-            Some(Class::Zombie(ZombieReason::DeadPeer))
-        );
+        let later = SockRecord { jiffies: 20_075, ktime_us: 50_300_000, ..zw };
+        table.sweep(100 * SEC + 300_000_000, &[later], &inodes, &targets, false, &th());
+        assert_eq!(class_of(&table, 3), Some(Class::Zombie(ZombieReason::DeadPeer)));
         // A restarted observer seeing it first then agrees at once.
         let mut fresh = SocketTable::with_tick(TICK);
         fresh.sweep(100 * SEC, &[later], &inodes, &targets, true, &th());
-        assert_eq!(
-            class_of(&fresh, 3),
-            Some(Class::Zombie(ZombieReason::DeadPeer))
-        );
+        assert_eq!(class_of(&fresh, 3), Some(Class::Zombie(ZombieReason::DeadPeer)));
         // The reader answers: no probe out, an ACK just now.
-        let answered = SockRecord {
-            probes_out: 0,
-            rcv_tstamp: 20_100,
-            jiffies: 20_100,
-            ..later
-        };
+        let answered = SockRecord { probes_out: 0, rcv_tstamp: 20_100, jiffies: 20_100, ..later };
         table.sweep(101 * SEC, &[answered], &inodes, &targets, false, &th());
-        assert_eq!(
-            class_of(&table, 3),
-            Some(Class::Stalled(StallReason::ZeroWindow))
-        );
+        assert_eq!(class_of(&table, 3), Some(Class::Stalled(StallReason::ZeroWindow)));
     }
 
     #[test]
     fn a_draining_orphan_and_a_fin_awaiting_its_ack_are_not_zombies() {
         let mut table = SocketTable::with_tick(TICK);
         let targets = HashSet::from([7]);
-        let closed = SockEvents {
-            owner_tgid: 7,
-            flags: FLAG_APP_CLOSED,
-            ..Default::default()
-        };
+        let closed = SockEvents { owner_tgid: 7, flags: FLAG_APP_CLOSED, ..Default::default() };
         let base = SockRecord {
             inode: 0,
             state: tcp_state::FIN_WAIT1,
@@ -862,14 +685,7 @@ mod tests {
                 retransmits: 0,
                 ..base
             };
-            table.sweep(
-                u64::from(i + 1) * SEC,
-                &[r],
-                &owners(&[]),
-                &targets,
-                false,
-                &th(),
-            );
+            table.sweep(u64::from(i + 1) * SEC, &[r], &owners(&[]), &targets, false, &th());
             assert_eq!(class_of(&table, 4), Some(Class::Healthy), "second {i}");
         }
     }
@@ -912,29 +728,12 @@ mod tests {
         let targets = HashSet::from([7]);
         // Idle for a minute, then the client's FIN 1 s ago: rcv_tstamp is
         // the FIN's ACK field, 250 jiffies back.
-        let cw = SockRecord {
-            jiffies: 30_000,
-            rcv_tstamp: 29_750,
-            ..rec(2, 8, tcp_state::CLOSE_WAIT)
-        };
+        let cw = SockRecord { jiffies: 30_000, rcv_tstamp: 29_750, ..rec(2, 8, tcp_state::CLOSE_WAIT) };
         table.sweep(100 * SEC, &[cw], &owners(&[(8, 7)]), &targets, true, &th());
         assert_eq!(class_of(&table, 2), Some(Class::Healthy));
-        let later = SockRecord {
-            jiffies: 30_000 + 1500,
-            ..cw
-        };
-        table.sweep(
-            106 * SEC,
-            &[later],
-            &owners(&[(8, 7)]),
-            &targets,
-            false,
-            &th(),
-        );
-        assert_eq!(
-            class_of(&table, 2),
-            Some(Class::Zombie(ZombieReason::CloseWait))
-        );
+        let later = SockRecord { jiffies: 30_000 + 1500, ..cw };
+        table.sweep(106 * SEC, &[later], &owners(&[(8, 7)]), &targets, false, &th());
+        assert_eq!(class_of(&table, 2), Some(Class::Zombie(ZombieReason::CloseWait)));
     }
 
     #[test]
@@ -955,18 +754,8 @@ mod tests {
         table.sweep(100 * SEC, &[syn], &owners(&[(5, 7)]), &targets, true, &th());
         // Retransmitted 3 times with an 8 s RTO now: at least 4 s old.
         assert_eq!(class_of(&table, 9), Some(Class::Healthy));
-        table.sweep(
-            101 * SEC + SEC / 2,
-            &[syn],
-            &owners(&[(5, 7)]),
-            &targets,
-            false,
-            &th(),
-        );
-        assert_eq!(
-            class_of(&table, 9),
-            Some(Class::Stalled(StallReason::Connect))
-        );
+        table.sweep(101 * SEC + SEC / 2, &[syn], &owners(&[(5, 7)]), &targets, false, &th());
+        assert_eq!(class_of(&table, 9), Some(Class::Stalled(StallReason::Connect)));
     }
 
     #[test]
@@ -990,20 +779,9 @@ mod tests {
         let mut table = SocketTable::with_tick(TICK);
         let targets = HashSet::from([7]);
         let inodes = owners(&[(9, 7)]);
-        let tracked = SockRecord {
-            has_events: 1,
-            ..rec(5, 9, tcp_state::ESTABLISHED)
-        };
-        assert_eq!(
-            table
-                .sweep(SEC, &[tracked], &inodes, &targets, true, &th())
-                .evicted,
-            0
-        );
-        let lost = SockRecord {
-            has_events: 0,
-            ..tracked
-        };
+        let tracked = SockRecord { has_events: 1, ..rec(5, 9, tcp_state::ESTABLISHED) };
+        assert_eq!(table.sweep(SEC, &[tracked], &inodes, &targets, true, &th()).evicted, 0);
+        let lost = SockRecord { has_events: 0, ..tracked };
         let actions = table.sweep(2 * SEC, &[lost], &inodes, &targets, false, &th());
         assert_eq!(actions.evicted, 1);
         assert_eq!(actions.track.len(), 1, "re-tracked");
@@ -1013,12 +791,7 @@ mod tests {
     fn listeners_register_ports_and_carry_no_bytes() {
         let mut table = SocketTable::with_tick(TICK);
         let targets = HashSet::from([7]);
-        let l = SockRecord {
-            netns: 4026531840,
-            sport: 8080,
-            write_seq: 5,
-            ..rec(1, 3, tcp_state::LISTEN)
-        };
+        let l = SockRecord { netns: 4026531840, sport: 8080, write_seq: 5, ..rec(1, 3, tcp_state::LISTEN) };
         let a = table.sweep(SEC, &[l], &owners(&[(3, 7)]), &targets, true, &th());
         assert_eq!(a.listen_ports.get(&(4026531840, 8080)), Some(&7));
         assert!(a.track.is_empty());

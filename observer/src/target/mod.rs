@@ -80,8 +80,7 @@ pub struct Scan {
 pub fn scan(pids: &[u32]) -> Scan {
     let mut s = Scan::default();
     for &pid in pids {
-        let (Ok(inodes), Ok(ns)) = (procfs::read_socket_inodes(pid), procfs::netns_inode(pid))
-        else {
+        let (Ok(inodes), Ok(ns)) = (procfs::read_socket_inodes(pid), procfs::netns_inode(pid)) else {
             continue;
         };
         s.inode_owner.extend(inodes.into_iter().map(|i| (i, pid)));
@@ -223,17 +222,14 @@ mod tests {
     #[test]
     fn unreadable_pss_keeps_the_process_in_rss() {
         let pss = |pid: u32| {
-            if pid == 1 {
-                Err(ProcError::PermissionDenied { pid, path: "/proc/1/smaps_rollup".into() })
-            } else {
-                Ok(7)
-            }
+            if pid == 1 { Err(ProcError::PermissionDenied { pid, path: "/proc/1/smaps_rollup".into() }) } else { Ok(7) }
         };
         let m = sample_memory_with(&[1, 3], true, status, pss);
         assert_eq!((m.rss, m.pss), (400, 7));
         assert_eq!(m.each[0].pss, None);
         // Not asked for: never read.
-        let m = sample_memory_with(&[1, 3], false, status, |_| -> Result<u64, ProcError> { panic!("read without need") });
+        let m =
+            sample_memory_with(&[1, 3], false, status, |_| -> Result<u64, ProcError> { panic!("read without need") });
         assert_eq!((m.rss, m.pss), (400, 0));
         assert!(m.each.iter().all(|p| p.pss.is_none()));
     }

@@ -72,10 +72,7 @@ pub enum ProcError {
     },
     /// A required field is missing from a `/proc` file.
     #[error("malformed {file}: missing {field}")]
-    MissingField {
-        file: &'static str,
-        field: &'static str,
-    },
+    MissingField { file: &'static str, field: &'static str },
     /// A field of a `/proc` file has a value we cannot interpret.
     #[error("malformed {file}: invalid {field} value {value:?}")]
     InvalidField {
@@ -126,10 +123,7 @@ pub fn parse_status(text: &str) -> Result<ProcStatus, ProcError> {
         }
     }
 
-    let missing = |field| ProcError::MissingField {
-        file: STATUS_FILE,
-        field,
-    };
+    let missing = |field| ProcError::MissingField { file: STATUS_FILE, field };
     Ok(ProcStatus {
         name: name.ok_or_else(|| missing("Name"))?,
         tgid: tgid.ok_or_else(|| missing("Tgid"))?,
@@ -145,9 +139,7 @@ pub fn parse_status(text: &str) -> Result<ProcStatus, ProcError> {
 fn parse_status_name(value: &str) -> String {
     // Exactly one tab separates key and value; anything after it is the name
     // (which may itself start with blanks). Be lenient with hand-written input.
-    let raw = value
-        .strip_prefix('\t')
-        .unwrap_or_else(|| value.trim_start());
+    let raw = value.strip_prefix('\t').unwrap_or_else(|| value.trim_start());
     let mut out = String::with_capacity(raw.len());
     let mut chars = raw.chars();
     while let Some(c) = chars.next() {
@@ -191,18 +183,13 @@ pub fn parse_smaps_rollup_pss(text: &str) -> Result<u64, ProcError> {
             return parse_kb(SMAPS_ROLLUP_FILE, "Pss", value);
         }
     }
-    Err(ProcError::MissingField {
-        file: SMAPS_ROLLUP_FILE,
-        field: "Pss",
-    })
+    Err(ProcError::MissingField { file: SMAPS_ROLLUP_FILE, field: "Pss" })
 }
 
 fn parse_kb(file: &'static str, field: &'static str, value: &str) -> Result<u64, ProcError> {
     let mut parts = value.split_ascii_whitespace();
     let bytes = match (parts.next(), parts.next(), parts.next()) {
-        (Some(number), Some("kB"), None) => {
-            parse_decimal(number.as_bytes()).and_then(|kb| kb.checked_mul(1024))
-        }
+        (Some(number), Some("kB"), None) => parse_decimal(number.as_bytes()).and_then(|kb| kb.checked_mul(1024)),
         _ => None,
     };
     bytes.ok_or_else(|| invalid(file, field, value.trim().as_bytes()))
@@ -214,13 +201,8 @@ fn parse_kb(file: &'static str, field: &'static str, value: &str) -> Result<u64,
 /// arbitrary bytes, including spaces and `)`. The fields after it are found by
 /// searching for the *last* `)`.
 pub fn parse_stat_flags(stat: &[u8]) -> Result<u32, ProcError> {
-    let close = stat
-        .iter()
-        .rposition(|&b| b == b')')
-        .ok_or(ProcError::MissingField {
-            file: STAT_FILE,
-            field: "comm",
-        })?;
+    let close =
+        stat.iter().rposition(|&b| b == b')').ok_or(ProcError::MissingField { file: STAT_FILE, field: "comm" })?;
     let after_comm = stat.get(close + 1..).unwrap_or_default();
     // Fields after the comm: state(3) ppid(4) pgrp(5) session(6) tty_nr(7)
     // tpgid(8) flags(9) -> index 6.
@@ -228,24 +210,15 @@ pub fn parse_stat_flags(stat: &[u8]) -> Result<u32, ProcError> {
         .split(|b| b.is_ascii_whitespace())
         .filter(|f| !f.is_empty())
         .nth(6)
-        .ok_or(ProcError::MissingField {
-            file: STAT_FILE,
-            field: "flags",
-        })?;
-    parse_decimal(flags)
-        .and_then(|v| u32::try_from(v).ok())
-        .ok_or_else(|| invalid(STAT_FILE, "flags", flags))
+        .ok_or(ProcError::MissingField { file: STAT_FILE, field: "flags" })?;
+    parse_decimal(flags).and_then(|v| u32::try_from(v).ok()).ok_or_else(|| invalid(STAT_FILE, "flags", flags))
 }
 
 /// Returns the inode number from an fd link target such as `socket:[12345]`,
 /// or `None` for anything else (files, pipes, anon inodes, malformed text,
 /// numbers that do not fit in a `u64`).
 pub fn socket_inode_from_link(link: impl AsRef<OsStr>) -> Option<u64> {
-    let digits = link
-        .as_ref()
-        .as_bytes()
-        .strip_prefix(b"socket:[")?
-        .strip_suffix(b"]")?;
+    let digits = link.as_ref().as_bytes().strip_prefix(b"socket:[")?.strip_suffix(b"]")?;
     parse_decimal(digits)
 }
 
@@ -264,11 +237,7 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
 }
 
 fn invalid(file: &'static str, field: &'static str, value: &[u8]) -> ProcError {
-    ProcError::InvalidField {
-        file,
-        field,
-        value: quote(value),
-    }
+    ProcError::InvalidField { file, field, value: quote(value) }
 }
 
 /// Lossy, length-limited copy of untrusted input for error messages.
@@ -323,9 +292,7 @@ pub fn smaps_rollup_supported() -> bool {
 pub fn netns_inode(pid: u32) -> Result<u64, ProcError> {
     let path = pid_dir(Path::new(PROC_ROOT), pid).join("ns").join("net");
     // `metadata` follows the magic link to the nsfs inode.
-    fs::metadata(&path)
-        .map(|m| m.ino())
-        .map_err(|e| classify(pid, path, e))
+    fs::metadata(&path).map(|m| m.ino()).map_err(|e| classify(pid, path, e))
 }
 
 /// Returns the sorted pids of all processes whose `comm` is `name`.
@@ -434,17 +401,12 @@ fn pids_by_comm_in(proc_root: &Path, name: &str) -> Result<Vec<u32>, ProcError> 
     let full = name.as_bytes();
     let truncated = full.get(..COMM_MAX_BYTES).unwrap_or(full);
 
-    let io_err = |source| ProcError::Io {
-        path: proc_root.to_path_buf(),
-        source,
-    };
+    let io_err = |source| ProcError::Io { path: proc_root.to_path_buf(), source };
     let mut pids = Vec::new();
     for entry in fs::read_dir(proc_root).map_err(io_err)? {
         let entry = entry.map_err(io_err)?;
         // Only the numeric entries are processes ("self", "net", ... are not).
-        let Some(pid) =
-            parse_decimal(entry.file_name().as_bytes()).and_then(|v| u32::try_from(v).ok())
-        else {
+        let Some(pid) = parse_decimal(entry.file_name().as_bytes()).and_then(|v| u32::try_from(v).ok()) else {
             continue;
         };
         let comm_path = entry.path().join("comm");
@@ -453,10 +415,7 @@ fn pids_by_comm_in(proc_root: &Path, name: &str) -> Result<Vec<u32>, ProcError> 
             // Exited since readdir, or hidden from us (e.g. hidepid): skip.
             Err(e) if is_gone(&e) || e.kind() == io::ErrorKind::PermissionDenied => continue,
             Err(e) => {
-                return Err(ProcError::Io {
-                    path: comm_path,
-                    source: e,
-                });
+                return Err(ProcError::Io { path: comm_path, source: e });
             }
         };
         let comm = comm.strip_suffix(b"\n").unwrap_or(&comm);
@@ -510,50 +469,18 @@ mod tests {
         Gid:\t0\t0\t0\t0\nFDSize:\t64\nGroups:\t \nNStgid:\t2\nNSpid:\t2\nNSpgid:\t0\n\
         NSsid:\t0\nKthread:\t1\nThreads:\t1\nSigQ:\t0/96365\nSigPnd:\t0000000000000000\n";
 
-    fn status(
-        name: &str,
-        tgid: u32,
-        rss: Option<u64>,
-        anon: Option<u64>,
-        threads: u32,
-    ) -> ProcStatus {
-        ProcStatus {
-            name: name.to_owned(),
-            tgid,
-            vm_rss_bytes: rss,
-            rss_anon_bytes: anon,
-            threads,
-        }
+    fn status(name: &str, tgid: u32, rss: Option<u64>, anon: Option<u64>, threads: u32) -> ProcStatus {
+        ProcStatus { name: name.to_owned(), tgid, vm_rss_bytes: rss, rss_anon_bytes: anon, threads }
     }
 
     #[test]
     fn parse_status_valid_inputs() {
         let cases: &[(&str, &str, ProcStatus)] = &[
-            (
-                "real user process",
-                USER_STATUS,
-                status("cat", 4276, Some(1664 * 1024), Some(112 * 1024), 1),
-            ),
-            (
-                "kernel thread, no VmRSS",
-                KTHREAD_STATUS,
-                status("kthreadd", 2, None, None, 1),
-            ),
-            (
-                "minimal",
-                "Name:\tx\nTgid:\t1\nThreads:\t3\n",
-                status("x", 1, None, None, 3),
-            ),
-            (
-                "no trailing newline",
-                "Name:\tx\nTgid:\t1\nThreads:\t3",
-                status("x", 1, None, None, 3),
-            ),
-            (
-                "any key order",
-                "Threads:\t9\nVmRSS:\t1 kB\nTgid:\t7\nName:\tz\n",
-                status("z", 7, Some(1024), None, 9),
-            ),
+            ("real user process", USER_STATUS, status("cat", 4276, Some(1664 * 1024), Some(112 * 1024), 1)),
+            ("kernel thread, no VmRSS", KTHREAD_STATUS, status("kthreadd", 2, None, None, 1)),
+            ("minimal", "Name:\tx\nTgid:\t1\nThreads:\t3\n", status("x", 1, None, None, 3)),
+            ("no trailing newline", "Name:\tx\nTgid:\t1\nThreads:\t3", status("x", 1, None, None, 3)),
+            ("any key order", "Threads:\t9\nVmRSS:\t1 kB\nTgid:\t7\nName:\tz\n", status("z", 7, Some(1024), None, 9)),
             (
                 "zero rss",
                 "Name:\ta\nTgid:\t1\nThreads:\t1\nVmRSS:\t0 kB\nRssAnon:\t0 kB\n",
@@ -564,26 +491,14 @@ mod tests {
                 "Name:\tmy prog: v2\nTgid:\t1\nThreads:\t1\n",
                 status("my prog: v2", 1, None, None, 1),
             ),
-            (
-                "name leading blank kept",
-                "Name:\t  sp\nTgid:\t1\nThreads:\t1\n",
-                status("  sp", 1, None, None, 1),
-            ),
+            ("name leading blank kept", "Name:\t  sp\nTgid:\t1\nThreads:\t1\n", status("  sp", 1, None, None, 1)),
             (
                 "name escapes undone",
                 "Name:\ta\\nb\\\\c\\td\\\nTgid:\t1\nThreads:\t1\n",
                 status("a\nb\\c\\td\\", 1, None, None, 1),
             ),
-            (
-                "name trailing CR kept",
-                "Name:\tcr\r\nTgid:\t1\nThreads:\t1\n",
-                status("cr\r", 1, None, None, 1),
-            ),
-            (
-                "empty name",
-                "Name:\t\nTgid:\t1\nThreads:\t1\n",
-                status("", 1, None, None, 1),
-            ),
+            ("name trailing CR kept", "Name:\tcr\r\nTgid:\t1\nThreads:\t1\n", status("cr\r", 1, None, None, 1)),
+            ("empty name", "Name:\t\nTgid:\t1\nThreads:\t1\n", status("", 1, None, None, 1)),
             (
                 "space instead of tab",
                 "Name: x\nTgid: 5\nThreads: 2\nVmRSS: 3 kB\n",
@@ -594,11 +509,7 @@ mod tests {
                 "Name:\ta\nName:\tb\nTgid:\t1\nTgid:\tjunk\nThreads:\t1\n",
                 status("a", 1, None, None, 1),
             ),
-            (
-                "u32 max tgid",
-                "Name:\ta\nTgid:\t4294967295\nThreads:\t1\n",
-                status("a", u32::MAX, None, None, 1),
-            ),
+            ("u32 max tgid", "Name:\ta\nTgid:\t4294967295\nThreads:\t1\n", status("a", u32::MAX, None, None, 1)),
             (
                 "largest kB that fits",
                 "Name:\ta\nTgid:\t1\nThreads:\t1\nVmRSS:\t18014398509481983 kB\n",
@@ -609,11 +520,7 @@ mod tests {
                 "\n\n:::\nno colon here\nName:\ta\nTgid:\t1\nThreads:\t1\n",
                 status("a", 1, None, None, 1),
             ),
-            (
-                "unicode name",
-                "Name:\tnaïve→😀\nTgid:\t1\nThreads:\t1\n",
-                status("naïve→😀", 1, None, None, 1),
-            ),
+            ("unicode name", "Name:\tnaïve→😀\nTgid:\t1\nThreads:\t1\n", status("naïve→😀", 1, None, None, 1)),
         ];
         for (what, text, want) in cases {
             match parse_status(text) {
@@ -635,82 +542,22 @@ mod tests {
             ("only newlines", "\n\n\n", Missing("Name")),
             ("missing name", "Tgid:\t1\nThreads:\t1\n", Missing("Name")),
             ("missing tgid", "Name:\ta\nThreads:\t1\n", Missing("Tgid")),
-            (
-                "missing threads",
-                "Name:\ta\nTgid:\t1\n",
-                Missing("Threads"),
-            ),
-            (
-                "truncated before tgid value",
-                "Name:\ta\nTgid:",
-                Invalid("Tgid"),
-            ),
+            ("missing threads", "Name:\ta\nTgid:\t1\n", Missing("Threads")),
+            ("truncated before tgid value", "Name:\ta\nTgid:", Invalid("Tgid")),
             ("truncated key", "Name:\ta\nTgi", Missing("Tgid")),
-            (
-                "truncated kB",
-                "Name:\ta\nTgid:\t1\nThreads:\t1\nVmRSS:\t  12",
-                Invalid("VmRSS"),
-            ),
-            (
-                "truncated number",
-                "Name:\ta\nTgid:\t1\nThreads:\t1\nVmRSS:\t kB",
-                Invalid("VmRSS"),
-            ),
-            (
-                "empty tgid",
-                "Name:\ta\nTgid:\t\nThreads:\t1\n",
-                Invalid("Tgid"),
-            ),
-            (
-                "negative tgid",
-                "Name:\ta\nTgid:\t-1\nThreads:\t1\n",
-                Invalid("Tgid"),
-            ),
-            (
-                "plus sign",
-                "Name:\ta\nTgid:\t+1\nThreads:\t1\n",
-                Invalid("Tgid"),
-            ),
-            (
-                "hex tgid",
-                "Name:\ta\nTgid:\t0x10\nThreads:\t1\n",
-                Invalid("Tgid"),
-            ),
-            (
-                "tgid > u32",
-                "Name:\ta\nTgid:\t4294967296\nThreads:\t1\n",
-                Invalid("Tgid"),
-            ),
-            (
-                "huge tgid",
-                "Name:\ta\nTgid:\t99999999999999999999999999999999\nThreads:\t1\n",
-                Invalid("Tgid"),
-            ),
-            (
-                "two numbers",
-                "Name:\ta\nTgid:\t1 2\nThreads:\t1\n",
-                Invalid("Tgid"),
-            ),
-            (
-                "threads garbage",
-                "Name:\ta\nTgid:\t1\nThreads:\tmany\n",
-                Invalid("Threads"),
-            ),
-            (
-                "rss wrong unit",
-                "Name:\ta\nTgid:\t1\nThreads:\t1\nVmRSS:\t12 MB\n",
-                Invalid("VmRSS"),
-            ),
-            (
-                "rss extra token",
-                "Name:\ta\nTgid:\t1\nThreads:\t1\nVmRSS:\t12 kB x\n",
-                Invalid("VmRSS"),
-            ),
-            (
-                "rss negative",
-                "Name:\ta\nTgid:\t1\nThreads:\t1\nVmRSS:\t-12 kB\n",
-                Invalid("VmRSS"),
-            ),
+            ("truncated kB", "Name:\ta\nTgid:\t1\nThreads:\t1\nVmRSS:\t  12", Invalid("VmRSS")),
+            ("truncated number", "Name:\ta\nTgid:\t1\nThreads:\t1\nVmRSS:\t kB", Invalid("VmRSS")),
+            ("empty tgid", "Name:\ta\nTgid:\t\nThreads:\t1\n", Invalid("Tgid")),
+            ("negative tgid", "Name:\ta\nTgid:\t-1\nThreads:\t1\n", Invalid("Tgid")),
+            ("plus sign", "Name:\ta\nTgid:\t+1\nThreads:\t1\n", Invalid("Tgid")),
+            ("hex tgid", "Name:\ta\nTgid:\t0x10\nThreads:\t1\n", Invalid("Tgid")),
+            ("tgid > u32", "Name:\ta\nTgid:\t4294967296\nThreads:\t1\n", Invalid("Tgid")),
+            ("huge tgid", "Name:\ta\nTgid:\t99999999999999999999999999999999\nThreads:\t1\n", Invalid("Tgid")),
+            ("two numbers", "Name:\ta\nTgid:\t1 2\nThreads:\t1\n", Invalid("Tgid")),
+            ("threads garbage", "Name:\ta\nTgid:\t1\nThreads:\tmany\n", Invalid("Threads")),
+            ("rss wrong unit", "Name:\ta\nTgid:\t1\nThreads:\t1\nVmRSS:\t12 MB\n", Invalid("VmRSS")),
+            ("rss extra token", "Name:\ta\nTgid:\t1\nThreads:\t1\nVmRSS:\t12 kB x\n", Invalid("VmRSS")),
+            ("rss negative", "Name:\ta\nTgid:\t1\nThreads:\t1\nVmRSS:\t-12 kB\n", Invalid("VmRSS")),
             (
                 "rss overflows u64",
                 "Name:\ta\nTgid:\t1\nThreads:\t1\nVmRSS:\t99999999999999999999999 kB\n",
@@ -721,11 +568,7 @@ mod tests {
                 "Name:\ta\nTgid:\t1\nThreads:\t1\nVmRSS:\t18014398509481984 kB\n",
                 Invalid("VmRSS"),
             ),
-            (
-                "anon garbage",
-                "Name:\ta\nTgid:\t1\nThreads:\t1\nRssAnon:\t\u{fffd} kB\n",
-                Invalid("RssAnon"),
-            ),
+            ("anon garbage", "Name:\ta\nTgid:\t1\nThreads:\t1\nRssAnon:\t\u{fffd} kB\n", Invalid("RssAnon")),
         ];
         for (what, text, want) in cases {
             match (parse_status(text), want) {
@@ -743,10 +586,7 @@ mod tests {
             Err(e @ ProcError::InvalidField { .. }) => {
                 let msg = e.to_string();
                 assert!(msg.len() < 200, "message too long: {} bytes", msg.len());
-                assert!(
-                    msg.starts_with("malformed /proc/PID/status: invalid Tgid value \"999"),
-                    "{msg}"
-                );
+                assert!(msg.starts_with("malformed /proc/PID/status: invalid Tgid value \"999"), "{msg}");
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -781,16 +621,8 @@ mod tests {
         ];
         for (link, want) in cases {
             assert_eq!(socket_inode_from_link(link), *want, "link {link:?}");
-            assert_eq!(
-                socket_inode_from_link(OsStr::new(link)),
-                *want,
-                "link {link:?} as OsStr"
-            );
-            assert_eq!(
-                socket_inode_from_link(Path::new(link)),
-                *want,
-                "link {link:?} as Path"
-            );
+            assert_eq!(socket_inode_from_link(OsStr::new(link)), *want, "link {link:?} as OsStr");
+            assert_eq!(socket_inode_from_link(Path::new(link)), *want, "link {link:?} as Path");
         }
         let non_utf8 = OsString::from_vec(b"socket:[\xff]".to_vec());
         assert_eq!(socket_inode_from_link(&non_utf8), None);
@@ -801,8 +633,16 @@ mod tests {
     #[test]
     fn parse_stat_flags_table() {
         let cases: &[(&str, &[u8], Option<u32>)] = &[
-            ("kthreadd", b"2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 24 0 0 18446744073709551615 0", Some(2_129_984)),
-            ("user", b"4296 (cat) R 4290 4290 3433 0 -1 4194304 101 0 0 0 0 0 0 0 20 0 1 0 58678 3133440 380\n", Some(4_194_304)),
+            (
+                "kthreadd",
+                b"2 (kthreadd) S 0 0 0 0 -1 2129984 0 0 0 0 0 0 0 0 20 0 1 0 24 0 0 18446744073709551615 0",
+                Some(2_129_984),
+            ),
+            (
+                "user",
+                b"4296 (cat) R 4290 4290 3433 0 -1 4194304 101 0 0 0 0 0 0 0 20 0 1 0 58678 3133440 380\n",
+                Some(4_194_304),
+            ),
             ("comm with spaces and parens", b"7 (a ) b (c)) S 1 1 1 0 -1 64 0 0\n", Some(64)),
             ("comm with fake fields", b"7 (x) R 1 1 1 0 -1 999 ) S 1 2 3 4 5 6) S 1 1 1 0 -1 5 0\n", Some(5)),
             ("non-utf8 comm", b"7 (\xff\xfe) S 1 1 1 0 -1 42 0\n", Some(42)),
@@ -834,25 +674,12 @@ mod tests {
         let cases: Vec<(ProcError, &str)> = vec![
             (ProcError::NoSuchProcess(4242), "no such process: 4242"),
             (
-                ProcError::PermissionDenied {
-                    pid: 7,
-                    path: PathBuf::from("/proc/7/fd"),
-                },
+                ProcError::PermissionDenied { pid: 7, path: PathBuf::from("/proc/7/fd") },
                 "permission denied reading /proc/7/fd of process 7 (run as root or with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH)",
             ),
+            (ProcError::MissingField { file: STATUS_FILE, field: "Tgid" }, "malformed /proc/PID/status: missing Tgid"),
             (
-                ProcError::MissingField {
-                    file: STATUS_FILE,
-                    field: "Tgid",
-                },
-                "malformed /proc/PID/status: missing Tgid",
-            ),
-            (
-                ProcError::InvalidField {
-                    file: STAT_FILE,
-                    field: "flags",
-                    value: "zz".into(),
-                },
+                ProcError::InvalidField { file: STAT_FILE, field: "flags", value: "zz".into() },
                 "malformed /proc/PID/stat: invalid flags value \"zz\"",
             ),
             (ProcError::EmptyName, "process name to search for is empty"),
@@ -860,24 +687,15 @@ mod tests {
         for (err, want) in cases {
             assert_eq!(err.to_string(), want);
         }
-        let io = ProcError::Io {
-            path: PathBuf::from("/proc/1/fd"),
-            source: io::Error::other("boom"),
-        };
+        let io = ProcError::Io { path: PathBuf::from("/proc/1/fd"), source: io::Error::other("boom") };
         assert_eq!(io.to_string(), "cannot read /proc/1/fd: boom");
     }
 
     #[test]
     fn classify_maps_errno() {
         let p = || PathBuf::from("/proc/9/fd");
-        assert!(matches!(
-            classify(9, p(), io::Error::from_raw_os_error(libc::ENOENT)),
-            ProcError::NoSuchProcess(9)
-        ));
-        assert!(matches!(
-            classify(9, p(), io::Error::from_raw_os_error(libc::ESRCH)),
-            ProcError::NoSuchProcess(9)
-        ));
+        assert!(matches!(classify(9, p(), io::Error::from_raw_os_error(libc::ENOENT)), ProcError::NoSuchProcess(9)));
+        assert!(matches!(classify(9, p(), io::Error::from_raw_os_error(libc::ESRCH)), ProcError::NoSuchProcess(9)));
         match classify(9, p(), io::Error::from_raw_os_error(libc::EACCES)) {
             ProcError::PermissionDenied { pid: 9, path } => assert_eq!(path, p()),
             other => panic!("unexpected {other:?}"),
@@ -886,10 +704,7 @@ mod tests {
             classify(9, p(), io::Error::from_raw_os_error(libc::EPERM)),
             ProcError::PermissionDenied { pid: 9, .. }
         ));
-        assert!(matches!(
-            classify(9, p(), io::Error::from_raw_os_error(libc::EIO)),
-            ProcError::Io { .. }
-        ));
+        assert!(matches!(classify(9, p(), io::Error::from_raw_os_error(libc::EIO)), ProcError::Io { .. }));
     }
 
     // ---- readers against a fake /proc tree ----
@@ -924,10 +739,7 @@ mod tests {
         assert!(read_socket_inodes_in(tree.path(), 43)?.is_empty());
 
         // A pid that does not exist.
-        assert!(matches!(
-            read_socket_inodes_in(tree.path(), 44),
-            Err(ProcError::NoSuchProcess(44))
-        ));
+        assert!(matches!(read_socket_inodes_in(tree.path(), 44), Err(ProcError::NoSuchProcess(44))));
         Ok(())
     }
 
@@ -936,10 +748,7 @@ mod tests {
         let tree = TempTree::new("procfs-status")?;
         tree.write("5/status", USER_STATUS.as_bytes())?;
         tree.write("5/stat", b"5 (cat) R 1 1 1 0 -1 4194304 0 0\n")?;
-        tree.write(
-            "6/status",
-            b"Name:\tbad\xff\xfename\nTgid:\t6\nThreads:\t2\nVmRSS:\t4 kB\n",
-        )?;
+        tree.write("6/status", b"Name:\tbad\xff\xfename\nTgid:\t6\nThreads:\t2\nVmRSS:\t4 kB\n")?;
         tree.write("6/stat", b"6 (bad\xff\xfe) R 1 1 1 0 -1 2129984 0\n")?;
         tree.write("7/status", b"Name:\ttrunc\nTgid:\t7\nThr")?;
         tree.write("7/stat", b"7 (trunc) R 1")?;
@@ -951,26 +760,11 @@ mod tests {
         assert_eq!(s, status("bad\u{fffd}\u{fffd}name", 6, Some(4096), None, 2));
         assert!(is_kernel_thread_in(tree.path(), 6)?);
 
-        assert!(matches!(
-            read_status_in(tree.path(), 7),
-            Err(ProcError::MissingField {
-                field: "Threads",
-                ..
-            })
-        ));
-        assert!(matches!(
-            is_kernel_thread_in(tree.path(), 7),
-            Err(ProcError::MissingField { field: "flags", .. })
-        ));
+        assert!(matches!(read_status_in(tree.path(), 7), Err(ProcError::MissingField { field: "Threads", .. })));
+        assert!(matches!(is_kernel_thread_in(tree.path(), 7), Err(ProcError::MissingField { field: "flags", .. })));
 
-        assert!(matches!(
-            read_status_in(tree.path(), 8),
-            Err(ProcError::NoSuchProcess(8))
-        ));
-        assert!(matches!(
-            is_kernel_thread_in(tree.path(), 8),
-            Err(ProcError::NoSuchProcess(8))
-        ));
+        assert!(matches!(read_status_in(tree.path(), 8), Err(ProcError::NoSuchProcess(8))));
+        assert!(matches!(is_kernel_thread_in(tree.path(), 8), Err(ProcError::NoSuchProcess(8))));
         Ok(())
     }
 
@@ -995,7 +789,10 @@ mod tests {
         assert!(matches!(parse_smaps_rollup_pss(""), Err(ProcError::MissingField { field: "Pss", .. })));
         for bad in ["Pss: 12\n", "Pss: x kB\n", "Pss: 1 kB extra\n", "Pss: 99999999999999999999 kB\n"] {
             assert!(
-                matches!(parse_smaps_rollup_pss(bad), Err(ProcError::InvalidField { file: SMAPS_ROLLUP_FILE, field: "Pss", .. })),
+                matches!(
+                    parse_smaps_rollup_pss(bad),
+                    Err(ProcError::InvalidField { file: SMAPS_ROLLUP_FILE, field: "Pss", .. })
+                ),
                 "{bad:?}"
             );
         }
@@ -1039,10 +836,7 @@ mod tests {
         tree.write("7/comm", b"")?; // truncated read
         tree.write("8/comm", b"bash")?; // no newline
         // First 15 bytes of "hello-ééééééé": cut in the middle of an 'é'.
-        tree.write(
-            "9/comm",
-            &"hello-\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}".as_bytes()[..15],
-        )?;
+        tree.write("9/comm", &"hello-\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}".as_bytes()[..15])?;
         fs::create_dir_all(tree.path().join("11"))?; // vanished: no comm file
         tree.write("self/comm", b"bash\n")?; // not a pid
         tree.write("99999999999/comm", b"bash\n")?; // does not fit u32
@@ -1065,14 +859,8 @@ mod tests {
         for (name, want) in cases {
             assert_eq!(pids_by_comm_in(tree.path(), name)?, *want, "name {name:?}");
         }
-        assert!(matches!(
-            pids_by_comm_in(tree.path(), ""),
-            Err(ProcError::EmptyName)
-        ));
-        assert!(matches!(
-            pids_by_comm_in(&tree.path().join("missing"), "bash"),
-            Err(ProcError::Io { .. })
-        ));
+        assert!(matches!(pids_by_comm_in(tree.path(), ""), Err(ProcError::EmptyName)));
+        assert!(matches!(pids_by_comm_in(&tree.path().join("missing"), "bash"), Err(ProcError::Io { .. })));
         Ok(())
     }
 
@@ -1089,10 +877,7 @@ mod tests {
         let s = read_status(me)?;
         assert_eq!(s.tgid, me);
         assert!(s.threads >= 1);
-        assert!(
-            s.vm_rss_bytes.is_some_and(|b| b > 0 && b % 1024 == 0),
-            "{s:?}"
-        );
+        assert!(s.vm_rss_bytes.is_some_and(|b| b > 0 && b % 1024 == 0), "{s:?}");
         assert!(s.rss_anon_bytes.is_some(), "{s:?}");
         let comm = fs::read(format!("/proc/{me}/comm"))?;
         assert_eq!(s.name.as_bytes(), comm.strip_suffix(b"\n").unwrap_or(&comm));
@@ -1104,9 +889,7 @@ mod tests {
     fn real_nonexistent_pid() {
         for pid in nonexistent_pids() {
             assert!(matches!(read_status(pid), Err(ProcError::NoSuchProcess(p)) if p == pid));
-            assert!(
-                matches!(read_socket_inodes(pid), Err(ProcError::NoSuchProcess(p)) if p == pid)
-            );
+            assert!(matches!(read_socket_inodes(pid), Err(ProcError::NoSuchProcess(p)) if p == pid));
             assert!(matches!(netns_inode(pid), Err(ProcError::NoSuchProcess(p)) if p == pid));
             assert!(matches!(is_kernel_thread(pid), Err(ProcError::NoSuchProcess(p)) if p == pid));
         }
@@ -1162,15 +945,8 @@ mod tests {
 
     /// Starts `sleep` under a long file name (via a symlink), so its comm is
     /// the first 15 bytes of that name.
-    fn spawn_named_sleeper(
-        tree: &TempTree,
-        exe_name: &str,
-    ) -> Result<Option<ChildGuard>, Box<dyn std::error::Error>> {
-        let Some(sleep) = ["/bin/sleep", "/usr/bin/sleep"]
-            .into_iter()
-            .map(Path::new)
-            .find(|p| p.exists())
-        else {
+    fn spawn_named_sleeper(tree: &TempTree, exe_name: &str) -> Result<Option<ChildGuard>, Box<dyn std::error::Error>> {
+        let Some(sleep) = ["/bin/sleep", "/usr/bin/sleep"].into_iter().map(Path::new).find(|p| p.exists()) else {
             return Ok(None);
         };
         let link = tree.path().join(exe_name);
@@ -1183,11 +959,7 @@ mod tests {
     #[test]
     fn real_pids_by_comm_and_vanishing_process() -> TestResult {
         let tree = TempTree::new("procfs-spawn")?;
-        let exe_name = format!(
-            "obs{:08}-{}",
-            std::process::id(),
-            "a-very-long-process-name"
-        );
+        let exe_name = format!("obs{:08}-{}", std::process::id(), "a-very-long-process-name");
         let Some(mut child) = spawn_named_sleeper(&tree, &exe_name)? else {
             panic!("no sleep binary (coreutils) to run as the named process");
         };
@@ -1201,10 +973,7 @@ mod tests {
             if comm.strip_suffix(b"\n") == Some(truncated.as_bytes()) {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "child never exec'd: comm {comm:?}"
-            );
+            assert!(Instant::now() < deadline, "child never exec'd: comm {comm:?}");
             std::thread::sleep(Duration::from_millis(10));
         }
 

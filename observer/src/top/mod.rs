@@ -41,8 +41,15 @@ pub fn run(args: TopArgs) -> Result<()> {
         // before a screen; `observer check` tells it.
         log::set_max_level(log::LevelFilter::Warn);
     }
-    let mut agent =
-        crate::start_agent(&args.target, &args.sweep, &args.kernel, None, None, Metrics::default(), Arc::new(Shared::default()))?;
+    let mut agent = crate::start_agent(
+        &args.target,
+        &args.sweep,
+        &args.kernel,
+        None,
+        None,
+        Metrics::default(),
+        Arc::new(Shared::default()),
+    )?;
     signals::install().context("installing signal handlers")?;
     let keys = Keys::open().context("opening the terminal for keys")?;
     let screen = Screen::enter().context("setting up the terminal")?;

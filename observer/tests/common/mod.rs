@@ -295,15 +295,15 @@ pub fn assert_agrees_with_ss(obs: &Observer, netns: Option<&str>, port: u16) {
         );
         let want = (send_q, notsent, send_q - notsent);
         let states = [("established", "ESTAB"), ("close_wait", "CLOSE-WAIT"), ("fin_wait1", "FIN-WAIT-1")];
-        let state_mismatch = states
-            .iter()
-            .find(|(ours, theirs)| {
-                metric(&m, &format!("observer_tcp_sockets{{state=\"{ours}\"}}")) as usize != count_state(&after, theirs)
-            });
+        let state_mismatch = states.iter().find(|(ours, theirs)| {
+            metric(&m, &format!("observer_tcp_sockets{{state=\"{ours}\"}}")) as usize != count_state(&after, theirs)
+        });
         if got == want && state_mismatch.is_none() {
             return;
         }
-        last = format!("observer (send_q, unsent, unacked) = {got:?}, ss = {want:?}, state mismatch {state_mismatch:?}; ss: {after:?}");
+        last = format!(
+            "observer (send_q, unsent, unacked) = {got:?}, ss = {want:?}, state mismatch {state_mismatch:?}; ss: {after:?}"
+        );
     }
     panic!("observer never agreed with ss: {last}");
 }
@@ -444,9 +444,9 @@ impl Look {
 
     /// Sockets `ss` showed in the same state before and after the sweep.
     pub fn stable(&self) -> impl Iterator<Item = &SsConn> {
-        self.ss.iter().filter(|s| {
-            self.ss_before.iter().any(|b| b.local == s.local && b.peer == s.peer && b.state == s.state)
-        })
+        self.ss
+            .iter()
+            .filter(|s| self.ss_before.iter().any(|b| b.local == s.local && b.peer == s.peer && b.state == s.state))
     }
 
     pub fn count(&self, class: &str) -> usize {
@@ -467,7 +467,12 @@ impl Look {
         // where that state held all through the sweep.
         for l in &self.sockets {
             let known = |v: &[SsConn]| v.iter().any(|s| s.local == l.local && s.peer == l.peer);
-            assert!(known(&self.ss) || known(&self.ss_before), "sweep {}: listed {l:?} is not in ss: {:?}", self.sweep, self.ss);
+            assert!(
+                known(&self.ss) || known(&self.ss_before),
+                "sweep {}: listed {l:?} is not in ss: {:?}",
+                self.sweep,
+                self.ss
+            );
             if let Some(s) = self.stable().find(|s| s.local == l.local && s.peer == l.peer) {
                 assert_eq!(ss_state(&l.state), s.state, "sweep {}: state of {l:?}", self.sweep);
             }
@@ -502,8 +507,14 @@ pub fn next_look(obs: &Observer, after: u64, netns: Option<&str>, ss_before: Opt
         }
         let (sweep, sockets) = listing(obs);
         let metrics = obs.scrape();
-        (sweeps(&before) == sweep && sweeps(&metrics) == sweep)
-            .then(|| Look { sweep, metrics, sockets, ss_before: ss_before.clone(), ss: ss_conns(netns), at: Instant::now() })
+        (sweeps(&before) == sweep && sweeps(&metrics) == sweep).then(|| Look {
+            sweep,
+            metrics,
+            sockets,
+            ss_before: ss_before.clone(),
+            ss: ss_conns(netns),
+            at: Instant::now(),
+        })
     })
 }
 

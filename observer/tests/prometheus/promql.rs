@@ -84,11 +84,7 @@ pub fn with_for(rules_yaml: &str, duration: &str) -> String {
 
 /// Alert names in a rules file (`- alert: Name` lines).
 pub fn alert_names(rules_yaml: &str) -> Vec<String> {
-    rules_yaml
-        .lines()
-        .filter_map(|l| l.trim_start().strip_prefix("- alert:"))
-        .map(|n| n.trim().to_string())
-        .collect()
+    rules_yaml.lines().filter_map(|l| l.trim_start().strip_prefix("- alert:")).map(|n| n.trim().to_string()).collect()
 }
 
 /// The `promtool test rules` cases of a test file, as (alert name, whether

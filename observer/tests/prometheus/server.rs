@@ -96,7 +96,11 @@ impl Prometheus {
             if let Some(v) = f(self) {
                 return v;
             }
-            assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}; prometheus log:\n{}", self.log_tail());
+            assert!(
+                start.elapsed() < limit,
+                "timed out after {limit:?} waiting for {what}; prometheus log:\n{}",
+                self.log_tail()
+            );
             std::thread::sleep(Duration::from_millis(250));
         }
     }
@@ -132,11 +136,7 @@ impl Prometheus {
         let data = self.api("/api/v1/targets");
         data["activeTargets"]
             .as_array()
-            .map(|ts| {
-                ts.iter()
-                    .map(|t| (str_of(&t["labels"]["instance"]), str_of(&t["health"])))
-                    .collect()
-            })
+            .map(|ts| ts.iter().map(|t| (str_of(&t["labels"]["instance"]), str_of(&t["health"]))).collect())
             .unwrap_or_default()
     }
 

@@ -51,8 +51,19 @@ pub fn run(paths: &Paths, plan: &Plan) -> Result<Section> {
     // The demo server streams 1 KiB to every client each 100 ms, so a vanished
     // peer has unacknowledged data within 100 ms of the cut.
     let mut server_cmd = netns::exec_in(&srv, &paths.demo);
-    server_cmd.args(["server", "--listen", "0.0.0.0:0", "--burst", "0", "--interval-ms", "100", "--message-bytes", "1024"]);
-    let mut server = Child::spawn("demo server", server_cmd, Some(&paths.logs.join("latency-server.log")))?.signal_only();
+    server_cmd.args([
+        "server",
+        "--listen",
+        "0.0.0.0:0",
+        "--burst",
+        "0",
+        "--interval-ms",
+        "100",
+        "--message-bytes",
+        "1024",
+    ]);
+    let mut server =
+        Child::spawn("demo server", server_cmd, Some(&paths.logs.join("latency-server.log")))?.signal_only();
     let line = server.expect("LISTENING", Duration::from_secs(10))?;
     let port = word(&line, 1).and_then(|a| a.rsplit(':').next()).context("server port")?.to_string();
     let server_pid = field(&line, "pid").context("server pid")?.to_string();
@@ -60,7 +71,8 @@ pub fn run(paths: &Paths, plan: &Plan) -> Result<Section> {
     let mut client_cmd = netns::exec_in(&cli, &paths.demo);
     client_cmd.args(["client", "--connect", &format!("{SERVER_IP}:{port}"), "--role", "vanish"]);
     client_cmd.args(["--count", &plan.latency_peers.to_string()]);
-    let mut clients = Child::spawn("demo clients", client_cmd, Some(&paths.logs.join("latency-clients.log")))?.signal_only();
+    let mut clients =
+        Child::spawn("demo clients", client_cmd, Some(&paths.logs.join("latency-clients.log")))?.signal_only();
     let mut ports = Vec::new();
     while ports.len() < plan.latency_peers {
         let l = clients.expect("LOCAL", Duration::from_secs(20))?;
@@ -124,7 +136,9 @@ fn cut_off(cli: &str, ports: &[String], stagger: Duration) -> Result<Vec<Instant
         pause(slot.saturating_duration_since(Instant::now()))?;
         netns::nft(
             cli,
-            &format!("add rule inet {TABLE} output tcp sport {p} drop\nadd rule inet {TABLE} input tcp dport {p} drop\n"),
+            &format!(
+                "add rule inet {TABLE} output tcp sport {p} drop\nadd rule inet {TABLE} input tcp dport {p} drop\n"
+            ),
         )?;
         // The rule is in force once nft returns; the latency counts from here.
         cut_at.push(Instant::now());

@@ -210,7 +210,9 @@ pub fn main(args: BenchArgs) -> Result<()> {
         let load0 = loadavg();
         let mut section = f(&mut scale_points).unwrap_or_else(|e| Section {
             title: title.to_string(),
-            rows: vec![Row::new(title, "runs", format!("failed: {e:#}")).verdict(Verdict::Missed("did not run".into()))],
+            rows: vec![
+                Row::new(title, "runs", format!("failed: {e:#}")).verdict(Verdict::Missed("did not run".into())),
+            ],
             details: vec![],
         });
         section.title = title.to_string();
@@ -256,7 +258,10 @@ pub fn main(args: BenchArgs) -> Result<()> {
 }
 
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").ok().and_then(|l| l.split_whitespace().next().map(str::to_string)).unwrap_or_default()
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_string))
+        .unwrap_or_default()
 }
 
 fn now_utc() -> String {
@@ -268,7 +273,10 @@ fn machine() -> String {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|t| t.lines().find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string())))
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_string()))
+        })
         .unwrap_or_default();
     let mem_gib = procfs::meminfo_kb("MemTotal").map_or(0.0, |kb| kb as f64 / 1048576.0);
     format!("Linux {kernel}, {cpus} × {model}, {mem_gib:.0} GiB")

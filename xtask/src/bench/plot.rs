@@ -29,9 +29,10 @@ pub struct ScalePoint {
 type Series = (&'static str, RGBColor, fn(&ScalePoint) -> f64);
 
 fn register_font() -> Result<()> {
-    let path = FONTS.iter().find(|p| Path::new(p).exists()).ok_or_else(|| {
-        anyhow!("no DejaVuSans.ttf found (Debian: apt-get install fonts-dejavu-core)")
-    })?;
+    let path = FONTS
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or_else(|| anyhow!("no DejaVuSans.ttf found (Debian: apt-get install fonts-dejavu-core)"))?;
     let bytes = std::fs::read(path).with_context(|| format!("reading {path}"))?;
     // The font registry wants 'static bytes; one font per run, leaked on purpose.
     let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());

@@ -25,8 +25,8 @@ use super::{
     child::{Child, field, word},
     interrupted,
     netns::{self, Namespaces},
-    pause,
     observer::Observer,
+    pause,
     plot::ScalePoint,
     procfs,
     report::{Row, Section, fmt_num, upper},
@@ -154,7 +154,8 @@ fn measure(obs: &Observer, ns: &str, pairs: &[Pair], sockets: usize, sweeps: usi
     // CPU time (unlike their wall time) does not depend on other load.
     obs.next_sweeps(1, Duration::from_secs(30))?;
     let (m0, cpu_a) = (obs.scrape()?, procfs::cpu_ns(obs.pid()));
-    let sweep_ms: Vec<f64> = obs.next_sweeps(sweeps, Duration::from_secs(30 + sweeps as u64 * 5))?.iter().map(|s| s * 1e3).collect();
+    let sweep_ms: Vec<f64> =
+        obs.next_sweeps(sweeps, Duration::from_secs(30 + sweeps as u64 * 5))?.iter().map(|s| s * 1e3).collect();
     let sweep_cpu_ms = procfs::cpu_ns(obs.pid()).saturating_sub(cpu_a) as f64 / sweeps as f64 / 1e6;
     let m1 = obs.scrape()?;
     let sweeps_seen = m1.get("observer_sweeps_total") - m0.get("observer_sweeps_total");
@@ -206,7 +207,11 @@ pub fn run(paths: &Paths, plan: &Plan, points: &mut Vec<ScalePoint>) -> Result<S
     for &level in &plan.scale_levels {
         let t0 = Instant::now();
         grow(paths, &ns, &mut pairs, level)?;
-        eprintln!("bench:   {level} connections held by {} target processes ({:.1} s)", pairs.len(), t0.elapsed().as_secs_f64());
+        eprintln!(
+            "bench:   {level} connections held by {} target processes ({:.1} s)",
+            pairs.len(),
+            t0.elapsed().as_secs_f64()
+        );
         let l = measure(&obs, &ns, &pairs, level, plan.scale_sweeps)?;
         eprintln!(
             "bench:   sweep {:.1} ms, scrape {:.2} ms, ss -tin {:.0} ms, RSS {:.1} MB",
@@ -265,9 +270,13 @@ fn report(levels: &[Level], ss_p: Option<(f64, usize)>) -> Section {
         .verdict(upper(scrape, TARGET_MS, "ms")),
     );
     s.rows.push(
-        Row::new(format!("Agent RSS, {n} target sockets"), format!("≤ {TARGET_RSS_MB} MB"), format!("{:.1} MB (peak {:.1})", top.rss_mb, top.hwm_mb))
-            .baseline(format!("{:.1} MB with no target sockets", base.rss_mb), format!("{:.2}", top.rss_mb / base.rss_mb))
-            .verdict(upper(top.rss_mb, TARGET_RSS_MB, "MB")),
+        Row::new(
+            format!("Agent RSS, {n} target sockets"),
+            format!("≤ {TARGET_RSS_MB} MB"),
+            format!("{:.1} MB (peak {:.1})", top.rss_mb, top.hwm_mb),
+        )
+        .baseline(format!("{:.1} MB with no target sockets", base.rss_mb), format!("{:.2}", top.rss_mb / base.rss_mb))
+        .verdict(upper(top.rss_mb, TARGET_RSS_MB, "MB")),
     );
     s.rows.push(
         Row::new(

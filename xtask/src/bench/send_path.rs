@@ -100,7 +100,11 @@ pub fn run(paths: &Paths, plan: &Plan) -> Result<Section> {
     let mut sink = Child::spawn("sink", paths.worker_cmd(&["sink", "--listen", "127.0.0.1:0"]), None)?;
     let line = sink.expect("LISTENING", Duration::from_secs(10))?;
     let addr = word(&line, 1).context("sink address")?.to_string();
-    let mut sender = Child::spawn("sender", paths.worker_cmd(&["send", "--connect", &addr, "--conns", "64", "--writers", "1"]), None)?;
+    let mut sender = Child::spawn(
+        "sender",
+        paths.worker_cmd(&["send", "--connect", &addr, "--conns", "64", "--writers", "1"]),
+        None,
+    )?;
     sender.expect("READY", Duration::from_secs(10))?;
 
     // (mode, attached) -> per-round windows
@@ -192,8 +196,12 @@ fn report(
         // Each round pairs an observed and an alone window minutes apart at
         // most; the median of the paired ratios shrugs off a burst of other
         // work on the machine that an average would not.
-        let pairs: Vec<(&Window, &Window)> =
-            windows.get(&(mode, true)).into_iter().flatten().zip(windows.get(&(mode, false)).into_iter().flatten()).collect();
+        let pairs: Vec<(&Window, &Window)> = windows
+            .get(&(mode, true))
+            .into_iter()
+            .flatten()
+            .zip(windows.get(&(mode, false)).into_iter().flatten())
+            .collect();
         let ratios: Vec<f64> = pairs.iter().map(|(w, a)| w.rate() / a.rate()).collect();
         let ratio = stats::median(&ratios);
         let with_rates: Vec<f64> = pairs.iter().map(|(w, _)| w.rate()).collect();
@@ -254,9 +262,13 @@ fn report(
         // Unlike the measured ratio this barely moves with other load.
         let implied = c / (c + per_run);
         s.rows.push(
-            Row::new("Throughput ratio implied by that CPU cost (64 B mode)", format!("≥ {TARGET_RATIO}"), format!("{implied:.3}"))
-                .baseline(format!("{c:.0} + {per_run:.0} ns per send"), format!("{implied:.3}"))
-                .at_least(implied, TARGET_RATIO, "×"),
+            Row::new(
+                "Throughput ratio implied by that CPU cost (64 B mode)",
+                format!("≥ {TARGET_RATIO}"),
+                format!("{implied:.3}"),
+            )
+            .baseline(format!("{c:.0} + {per_run:.0} ns per send"), format!("{implied:.3}"))
+            .at_least(implied, TARGET_RATIO, "×"),
         );
     }
     if let Some(&(ratio, alone_rate)) = medians.get("small") {

@@ -42,23 +42,27 @@ pub fn run(paths: &Paths, plan: &Plan) -> Result<Section> {
 
     let target = vec!["--pid".to_string(), server.pid().to_string()];
     let obs = Observer::start(paths, "storm", &target, &["--interval", "1"])?;
-    let before = obs.wait_until(Duration::from_secs(20), "the listeners to be tracked", |m| m.get(TRACKED) == listeners)?;
+    let before =
+        obs.wait_until(Duration::from_secs(20), "the listeners to be tracked", |m| m.get(TRACKED) == listeners)?;
     let cpu0 = procfs::cpu_ns(obs.pid());
 
     let secs = format!("{}", plan.storm_secs);
     let mut generator = Child::spawn(
         "storm-clients",
-        paths.worker_cmd_in(&ns, &[
-            "storm-clients",
-            "--connect",
-            &addrs,
-            "--clients",
-            &plan.storm_clients.to_string(),
-            "--rate",
-            &plan.storm_rate.to_string(),
-            "--secs",
-            &secs,
-        ]),
+        paths.worker_cmd_in(
+            &ns,
+            &[
+                "storm-clients",
+                "--connect",
+                &addrs,
+                "--clients",
+                &plan.storm_clients.to_string(),
+                "--rate",
+                &plan.storm_rate.to_string(),
+                "--secs",
+                &secs,
+            ],
+        ),
         None,
     )?;
     generator.expect("CONNECTED", Duration::from_secs(60))?;
@@ -104,18 +108,24 @@ pub fn run(paths: &Paths, plan: &Plan) -> Result<Section> {
     drop(obs);
     drop(server);
     drop(namespaces);
-    Ok(report(plan, &before, &after, back.is_ok(), Storm {
-        connects,
-        failed,
-        churn,
-        secs: gen_secs,
-        accepted,
-        closed,
-        settle_s,
-        max_tracked,
-        max_sweep_ms,
-        cpu_pct: (cpu1 - cpu0) as f64 / (gen_secs * 1e9) * 100.0,
-    }))
+    Ok(report(
+        plan,
+        &before,
+        &after,
+        back.is_ok(),
+        Storm {
+            connects,
+            failed,
+            churn,
+            secs: gen_secs,
+            accepted,
+            closed,
+            settle_s,
+            max_tracked,
+            max_sweep_ms,
+            cpu_pct: (cpu1 - cpu0) as f64 / (gen_secs * 1e9) * 100.0,
+        },
+    ))
 }
 
 struct Storm {
@@ -132,11 +142,7 @@ struct Storm {
 }
 
 fn equal(measured: f64, expected: f64) -> Verdict {
-    if measured == expected {
-        Verdict::Met
-    } else {
-        Verdict::Missed(format!("off by {:+.0}", measured - expected))
-    }
+    if measured == expected { Verdict::Met } else { Verdict::Missed(format!("off by {:+.0}", measured - expected)) }
 }
 
 fn report(plan: &Plan, before: &Metrics, after: &Metrics, settled: bool, st: Storm) -> Section {
@@ -180,7 +186,8 @@ fn report(plan: &Plan, before: &Metrics, after: &Metrics, settled: bool, st: Sto
     } else {
         (format!("{dropped:.0}"), equal(dropped, 0.0))
     };
-    s.rows.push(Row::new("observer_events_dropped_total during the storm", "0, or explained", measured).verdict(verdict));
+    s.rows
+        .push(Row::new("observer_events_dropped_total during the storm", "0, or explained", measured).verdict(verdict));
     let dropped_by: Vec<String> = after
         .0
         .iter()

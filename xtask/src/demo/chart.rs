@@ -173,7 +173,8 @@ fn render(root: &Area<'_>, title: &str, samples: &[Sample]) -> DrawResult {
 
     // The tell: memory against connections, each on its own axis.
     let rss = Line { name: "target RSS (MiB, left axis)", color: RSS, pick: |s| s.rss_bytes, scale: MIB };
-    let est = Line { name: "ESTABLISHED sockets (right axis)", color: ESTABLISHED, pick: |s| s.established, scale: 1.0 };
+    let est =
+        Line { name: "ESTABLISHED sockets (right axis)", color: ESTABLISHED, pick: |s| s.established, scale: 1.0 };
     let rss_top = top(rss.max(samples), 1.0);
     let mut c = ChartBuilder::on(&panels[0])
         .caption("memory climbs while connections stay flat", ("sans-serif", CAPTION_SIZE))
@@ -201,16 +202,23 @@ fn render(root: &Area<'_>, title: &str, samples: &[Sample]) -> DrawResult {
         .draw()?;
 
     let sockets = [
-        Line { name: "zombie sockets (dead_peer + close_wait + orphaned)", color: ZOMBIES, pick: |s| s.zombies, scale: 1.0 },
+        Line {
+            name: "zombie sockets (dead_peer + close_wait + orphaned)",
+            color: ZOMBIES,
+            pick: |s| s.zombies,
+            scale: 1.0,
+        },
         Line { name: "stalled sockets (zero window)", color: STALLED, pick: |s| s.stalled, scale: 1.0 },
     ];
-    let sockets_panel = Panel { caption: "sockets that will not make progress", unit: "sockets", min_top: 5.0, counts: true };
+    let sockets_panel =
+        Panel { caption: "sockets that will not make progress", unit: "sockets", min_top: 5.0, counts: true };
     sockets_panel.draw(&panels[1], &sockets, samples, t_end, None)?;
     let bytes = [
         Line { name: "send queue (unsent + unacked)", color: SEND_Q, pick: |s| s.send_queue_bytes, scale: MIB },
         Line { name: "unsent", color: UNSENT, pick: |s| s.unsent_bytes, scale: MIB },
     ];
-    let bytes_panel = Panel { caption: "bytes stuck in the kernel's send queues", unit: "MiB", min_top: 0.1, counts: false };
+    let bytes_panel =
+        Panel { caption: "bytes stuck in the kernel's send queues", unit: "MiB", min_top: 0.1, counts: false };
     bytes_panel.draw(&panels[2], &bytes, samples, t_end, Some("seconds since the demo started"))?;
     Ok(())
 }
@@ -225,7 +233,14 @@ struct Panel {
 }
 
 impl Panel {
-    fn draw(&self, area: &Area<'_>, lines: &[Line], samples: &[Sample], t_end: f64, x_desc: Option<&str>) -> DrawResult {
+    fn draw(
+        &self,
+        area: &Area<'_>,
+        lines: &[Line],
+        samples: &[Sample],
+        t_end: f64,
+        x_desc: Option<&str>,
+    ) -> DrawResult {
         let label = ("sans-serif", LABEL_SIZE);
         let y_top = top(lines.iter().map(|l| l.max(samples)).fold(0.0, f64::max), self.min_top);
         let mut c = ChartBuilder::on(area)
@@ -347,7 +362,14 @@ observer_send_queue_bytes 4096
         // legend swatch alone is 60.
         const DRAWN: usize = 1000;
         let buf = render_to_buffer(&synthetic());
-        for (name, c) in [("rss", RSS), ("established", ESTABLISHED), ("zombies", ZOMBIES), ("stalled", STALLED), ("send queue", SEND_Q), ("unsent", UNSENT)] {
+        for (name, c) in [
+            ("rss", RSS),
+            ("established", ESTABLISHED),
+            ("zombies", ZOMBIES),
+            ("stalled", STALLED),
+            ("send queue", SEND_Q),
+            ("unsent", UNSENT),
+        ] {
             let n = count(&buf, c);
             assert!(n > DRAWN, "{name}: only {n} pixels of its colour");
         }

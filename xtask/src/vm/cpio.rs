@@ -29,7 +29,15 @@ pub fn write<W: Write>(out: &mut W, entries: &[Entry]) -> io::Result<()> {
     record(out, 0, 0, 1, (0, 0), "TRAILER!!!", &[])
 }
 
-fn record<W: Write>(out: &mut W, ino: u32, mode: u32, nlink: u32, rdev: (u32, u32), name: &str, data: &[u8]) -> io::Result<()> {
+fn record<W: Write>(
+    out: &mut W,
+    ino: u32,
+    mode: u32,
+    nlink: u32,
+    rdev: (u32, u32),
+    name: &str,
+    data: &[u8],
+) -> io::Result<()> {
     let size = u32::try_from(data.len()).map_err(|_| io::Error::other(format!("{name}: larger than 4 GiB")))?;
     let namesize = name.len() as u32 + 1;
     // ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor rdevminor namesize check

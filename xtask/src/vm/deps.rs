@@ -21,7 +21,9 @@ pub fn ensure() -> Result<()> {
 fn installed(package: &str, file: Option<&str>) -> bool {
     match file {
         Some(f) => std::path::Path::new(f).exists(),
-        None => sh::output("dpkg-query", &["-W", "-f=${Status}", package]).is_ok_and(|s| s.contains("install ok installed")),
+        None => {
+            sh::output("dpkg-query", &["-W", "-f=${Status}", package]).is_ok_and(|s| s.contains("install ok installed"))
+        }
     }
 }
 

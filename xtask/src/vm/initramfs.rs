@@ -91,8 +91,11 @@ pub fn write(out: &Path, kernel: &Kernel, bins: &Binaries) -> Result<()> {
     entries.extend(files.into_iter().map(|(path, mode, data)| Entry::File { path, mode, data }));
 
     let tmp = out.with_extension("partial");
-    let mut w = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
-    super::cpio::write(&mut w, &entries).and_then(|()| std::io::Write::flush(&mut w)).with_context(|| format!("writing {}", tmp.display()))?;
+    let mut w =
+        std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?);
+    super::cpio::write(&mut w, &entries)
+        .and_then(|()| std::io::Write::flush(&mut w))
+        .with_context(|| format!("writing {}", tmp.display()))?;
     std::fs::rename(&tmp, out).with_context(|| format!("renaming {}", tmp.display()))
 }
 
@@ -109,7 +112,9 @@ fn which(name: &str) -> Result<PathBuf> {
         .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"])
         .map(|d| Path::new(d).join(name))
         .find(|p| p.is_file())
-        .with_context(|| format!("the guest needs `{name}` from the host, which has none (install iproute2, nftables, bpftool)"))
+        .with_context(|| {
+            format!("the guest needs `{name}` from the host, which has none (install iproute2, nftables, bpftool)")
+        })
 }
 
 /// The shared libraries and the loader `ldd` lists for `exe`.
@@ -146,7 +151,10 @@ fn load_order(modules: &Path, wanted: &[&str]) -> Result<Vec<(String, PathBuf)>>
     }
     let builtin = std::fs::read_to_string(modules.join("modules.builtin")).unwrap_or_default();
     let is_builtin = |name: &str| {
-        builtin.lines().any(|l| l.rsplit('/').next().and_then(|f| f.strip_suffix(".ko")).map(|f| f.replace('-', "_")).as_deref() == Some(name))
+        builtin.lines().any(|l| {
+            l.rsplit('/').next().and_then(|f| f.strip_suffix(".ko")).map(|f| f.replace('-', "_")).as_deref()
+                == Some(name)
+        })
     };
     let mut order: Vec<(String, PathBuf)> = Vec::new();
     fn visit(

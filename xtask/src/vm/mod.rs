@@ -218,8 +218,16 @@ fn static_binaries(root: &Path, target: &Path) -> Result<initramfs::Binaries> {
     if !status.success() {
         bail!("building the static binaries failed: {status}");
     }
-    let mut args: Vec<&str> =
-        vec!["test", "--release", "--target", deps::MUSL_TARGET, "--package", "observer", "--no-run", "--message-format=json"];
+    let mut args: Vec<&str> = vec![
+        "test",
+        "--release",
+        "--target",
+        deps::MUSL_TARGET,
+        "--package",
+        "observer",
+        "--no-run",
+        "--message-format=json",
+    ];
     for t in GUEST_TESTS {
         args.extend(["--test", t]);
     }

@@ -25,10 +25,24 @@ pub struct Boot {
 /// QEMU process started here is killed.
 pub fn boot(vmlinuz: &Path, initrd: &Path, log: &Path, limit: Duration) -> Result<Boot> {
     let args: Vec<String> = [
-        "-machine", "accel=tcg", "-cpu", "max", "-m", "1024", "-smp", "2",
-        "-kernel", &vmlinuz.to_string_lossy(), "-initrd", &initrd.to_string_lossy(),
-        "-append", "console=ttyS0 panic=-1 quiet",
-        "-nographic", "-no-reboot", "-nic", "none",
+        "-machine",
+        "accel=tcg",
+        "-cpu",
+        "max",
+        "-m",
+        "1024",
+        "-smp",
+        "2",
+        "-kernel",
+        &vmlinuz.to_string_lossy(),
+        "-initrd",
+        &initrd.to_string_lossy(),
+        "-append",
+        "console=ttyS0 panic=-1 quiet",
+        "-nographic",
+        "-no-reboot",
+        "-nic",
+        "none",
     ]
     .map(String::from)
     .into();

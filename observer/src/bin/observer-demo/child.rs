@@ -25,9 +25,7 @@ impl Managed {
     /// signal (so a SIGKILLed lab does not leave it running).
     pub fn spawn(label: &str, mut cmd: Command) -> Result<Managed> {
         let line = exec::describe(&cmd);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         cmd.process_group(0);
         let parent = std::process::id() as libc::pid_t;
         // SAFETY: only async-signal-safe calls between fork and exec.
@@ -42,9 +40,7 @@ impl Managed {
                 Ok(())
             });
         }
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {label}: `{line}`"))?;
+        let mut child = cmd.spawn().with_context(|| format!("cannot start {label}: `{line}`"))?;
         let (tx, lines) = mpsc::channel();
         if let Some(stdout) = child.stdout.take() {
             thread::spawn(move || {
@@ -56,11 +52,7 @@ impl Managed {
                 }
             });
         }
-        Ok(Managed {
-            label: label.to_string(),
-            child,
-            lines,
-        })
+        Ok(Managed { label: label.to_string(), child, lines })
     }
 
     pub fn pid(&self) -> u32 {
@@ -79,24 +71,13 @@ impl Managed {
         let mut seen = Vec::new();
         loop {
             if signals::requested() {
-                bail!(
-                    "interrupted by {} while waiting for {what} from {}",
-                    signals::last_name(),
-                    self.label
-                );
+                bail!("interrupted by {} while waiting for {what} from {}", signals::last_name(), self.label);
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                bail!(
-                    "{} printed no {what} within {} s",
-                    self.label,
-                    timeout.as_secs()
-                );
+                bail!("{} printed no {what} within {} s", self.label, timeout.as_secs());
             }
-            match self
-                .lines
-                .recv_timeout(left.min(Duration::from_millis(100)))
-            {
+            match self.lines.recv_timeout(left.min(Duration::from_millis(100))) {
                 Ok(line) => {
                     if let Some(value) = done(&line) {
                         seen.push(line);
@@ -134,12 +115,7 @@ impl Managed {
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
-            if self
-                .child
-                .try_wait()
-                .context("waiting for child")?
-                .is_some()
-            {
+            if self.child.try_wait().context("waiting for child")?.is_some() {
                 return Ok(());
             }
             thread::sleep(Duration::from_millis(20));

@@ -14,10 +14,7 @@ pub fn run(args: &CleanupArgs) -> Result<()> {
     netns::validate_prefix(&args.name)?;
     let mut removed = 0;
     let mut failed = 0;
-    for ns in netns::list()?
-        .into_iter()
-        .filter(|n| n.starts_with(&args.name))
-    {
+    for ns in netns::list()?.into_iter().filter(|n| n.starts_with(&args.name)) {
         // A namespace with live processes would outlive `ip netns delete`.
         let result = stop_processes_in(&ns).and_then(|()| netns::delete(&ns));
         match result {
@@ -62,10 +59,7 @@ fn stop_processes_in(ns: &str) -> Result<()> {
     let mut signal = libc::SIGTERM;
     let deadline = Instant::now() + GRACE;
     loop {
-        let pids: Vec<i32> = netns::pids(ns)?
-            .into_iter()
-            .filter(|&p| p != me && p > 1)
-            .collect();
+        let pids: Vec<i32> = netns::pids(ns)?.into_iter().filter(|&p| p != me && p > 1).collect();
         if pids.is_empty() {
             return Ok(());
         }
@@ -78,11 +72,7 @@ fn stop_processes_in(ns: &str) -> Result<()> {
         for pid in pids {
             eprintln!(
                 "cleanup: {ns}: sending {} to pid {pid}",
-                if signal == libc::SIGKILL {
-                    "SIGKILL"
-                } else {
-                    "SIGTERM"
-                }
+                if signal == libc::SIGKILL { "SIGKILL" } else { "SIGTERM" }
             );
             // SAFETY: plain kill(2); errors (already gone) are fine.
             unsafe { libc::kill(pid, signal) };

@@ -43,9 +43,7 @@ pub fn run(args: &ClientArgs) -> Result<()> {
         .context("cannot write to stdout")?;
     drop(out);
 
-    let deadline = args
-        .hold_secs
-        .map(|s| Instant::now() + Duration::from_secs(s));
+    let deadline = args.hold_secs.map(|s| Instant::now() + Duration::from_secs(s));
     while !signals::requested() && deadline.is_none_or(|d| Instant::now() < d) {
         thread::sleep(Duration::from_millis(100));
     }
@@ -74,13 +72,9 @@ fn open(addr: SocketAddr, role: Role, fin_after: Duration) -> Result<TcpStream> 
         _ => None,
     };
     let mut stream = sock::connect(addr, rcvbuf, CONNECT_TIMEOUT).context("connect")?;
-    stream
-        .write_all(role.role_line().as_bytes())
-        .context("sending the role line")?;
+    stream.write_all(role.role_line().as_bytes()).context("sending the role line")?;
     if role == Role::Halfclose {
-        stream
-            .shutdown(Shutdown::Write)
-            .context("shutdown(SHUT_WR)")?;
+        stream.shutdown(Shutdown::Write).context("shutdown(SHUT_WR)")?;
     }
     if role == Role::Idleclose {
         let stream = stream.try_clone().context("dup socket for the closer")?;

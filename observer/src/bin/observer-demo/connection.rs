@@ -29,9 +29,7 @@ pub fn serve(stream: TcpStream, config: &Config) -> Result<()> {
     eprintln!("observer-demo server: {peer} role={}", role.name());
 
     stream.set_read_timeout(Some(TICK)).context("SO_RCVTIMEO")?;
-    stream
-        .set_write_timeout(Some(TICK))
-        .context("SO_SNDTIMEO")?;
+    stream.set_write_timeout(Some(TICK)).context("SO_SNDTIMEO")?;
     if role.server_closes() {
         sock::set_linger_off(&stream).context("SO_LINGER")?;
     }
@@ -83,9 +81,7 @@ pub fn serve(stream: TcpStream, config: &Config) -> Result<()> {
 /// Reads the first line byte by byte (so nothing after it is consumed).
 /// `None` when the peer closed first; a missing or garbled line counts as healthy.
 fn read_role(stream: &TcpStream) -> Result<Option<Role>> {
-    stream
-        .set_read_timeout(Some(ROLE_LINE_TIMEOUT))
-        .context("SO_RCVTIMEO")?;
+    stream.set_read_timeout(Some(ROLE_LINE_TIMEOUT)).context("SO_RCVTIMEO")?;
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     let mut reader = stream;

@@ -13,19 +13,12 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// command line and its stderr when it exits non-zero or takes too long.
 pub fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String> {
     let line = describe(cmd);
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run `{line}`"))?;
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("cannot run `{line}`"))?;
     if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        pipe.write_all(input.as_bytes())
-            .with_context(|| format!("writing to `{line}`"))?;
+        pipe.write_all(input.as_bytes()).with_context(|| format!("writing to `{line}`"))?;
     }
     let stdout = collect(child.stdout.take());
     let stderr = collect(child.stderr.take());
@@ -33,10 +26,7 @@ pub fn run(cmd: &mut Command, stdin: Option<&str>) -> Result<String> {
     let out = stdout.join().unwrap_or_default();
     let err = stderr.join().unwrap_or_default();
     if !status.success() {
-        let reason = err
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no error output");
+        let reason = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("no error output");
         bail!("`{line}` failed ({status}): {}", reason.trim());
     }
     Ok(out)

@@ -66,24 +66,18 @@ pub fn run(args: &LabArgs) -> Result<()> {
     };
     let (server_pid, port) = start_server(&mut res, &topo, &server_exe, args)?;
     if let Some(path) = &args.server_pid_file {
-        std::fs::write(path, format!("{server_pid}\n"))
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(path, format!("{server_pid}\n")).with_context(|| format!("cannot write {}", path.display()))?;
         res.pid_file = Some(path.clone());
     }
 
     // Vanishing roles last, each cut off right after it connects, so the orphan
     // peers are gone before the server closes them.
     let mut groups = Vec::new();
-    let ordered = roles
-        .iter()
-        .filter(|(r, _)| !r.vanishes())
-        .chain(roles.iter().filter(|(r, _)| r.vanishes()));
+    let ordered = roles.iter().filter(|(r, _)| !r.vanishes()).chain(roles.iter().filter(|(r, _)| r.vanishes()));
     for &(role, count) in ordered {
         let started = Instant::now();
         groups.push(start_clients(&mut res, &topo, &exe, role, count, port, args.idle_fin_after_ms)?);
-        if role == Role::Orphan
-            && started.elapsed() >= Duration::from_millis(args.stream.orphan_close_after_ms)
-        {
+        if role == Role::Orphan && started.elapsed() >= Duration::from_millis(args.stream.orphan_close_after_ms) {
             eprintln!(
                 "lab: warning: orphan peers vanished only after {:?}; the server may have closed first",
                 started.elapsed()
@@ -110,13 +104,9 @@ pub fn run(args: &LabArgs) -> Result<()> {
         .map(|ns| (Instant::now() + Duration::from_millis(args.stallgone_after_ms), ns))
         .collect();
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "{}",
-        proto::ready_line_with_peers(server_pid, topo.server_ns.as_deref(), port, total, &peers)
-    )
-    .and_then(|()| out.flush())
-    .context("cannot write to stdout")?;
+    writeln!(out, "{}", proto::ready_line_with_peers(server_pid, topo.server_ns.as_deref(), port, total, &peers))
+        .and_then(|()| out.flush())
+        .context("cannot write to stdout")?;
     drop(out);
     summary(&topo, server_pid, port, &groups, args);
 
@@ -129,23 +119,10 @@ pub fn run(args: &LabArgs) -> Result<()> {
 
 /// Role counts asked for; one client of each role if none was given.
 fn planned_roles(args: &LabArgs) -> Vec<(Role, u32)> {
-    let counts = [
-        args.healthy,
-        args.slow,
-        args.vanish,
-        args.halfclose,
-        args.orphan,
-        args.drain,
-        args.stallgone,
-        args.idleclose,
-    ];
+    let counts =
+        [args.healthy, args.slow, args.vanish, args.halfclose, args.orphan, args.drain, args.stallgone, args.idleclose];
     let all_zero = counts.iter().all(|&n| n == 0);
-    Role::ALL
-        .into_iter()
-        .zip(counts)
-        .map(|(r, n)| (r, if all_zero { 1 } else { n }))
-        .filter(|&(_, n)| n > 0)
-        .collect()
+    Role::ALL.into_iter().zip(counts).map(|(r, n)| (r, if all_zero { 1 } else { n })).filter(|&(_, n)| n > 0).collect()
 }
 
 fn build_namespaces(
@@ -189,33 +166,21 @@ fn build_namespaces(
     Ok(())
 }
 
-fn start_server(
-    res: &mut Resources,
-    topo: &Topology,
-    exe: &Path,
-    args: &LabArgs,
-) -> Result<(u32, u16)> {
+fn start_server(res: &mut Resources, topo: &Topology, exe: &Path, args: &LabArgs) -> Result<(u32, u16)> {
     let mut cmd = Topology::command(topo.server_ns.as_deref(), exe);
     cmd.arg("server").args(["--listen", topo.listen_addr()]);
     cmd.args(["--burst", &args.stream.burst.to_string()]);
     cmd.args(["--message-bytes", &args.stream.message_bytes.to_string()]);
     cmd.args(["--interval-ms", &args.interval_ms.to_string()]);
-    cmd.args([
-        "--orphan-close-after-ms",
-        &args.stream.orphan_close_after_ms.to_string(),
-    ]);
+    cmd.args(["--orphan-close-after-ms", &args.stream.orphan_close_after_ms.to_string()]);
     if args.blackhole > 0 {
         cmd.args(["--connect-out", &format!("{}:9", netns::BLACKHOLE_ADDRS.1)]);
         cmd.args(["--connect-out-count", &args.blackhole.to_string()]);
     }
     let server = res.server.insert(Managed::spawn("server", cmd)?);
-    let ((addr, pid), _) =
-        server.wait_for("LISTENING line", STARTUP_TIMEOUT, proto::parse_listening)?;
+    let ((addr, pid), _) = server.wait_for("LISTENING line", STARTUP_TIMEOUT, proto::parse_listening)?;
     if pid != server.pid() {
-        bail!(
-            "server reported pid {pid} but the started process is {}",
-            server.pid()
-        );
+        bail!("server reported pid {pid} but the started process is {}", server.pid());
     }
     Ok((pid, addr.port()))
 }
@@ -232,45 +197,29 @@ fn start_clients(
     let ns = topo.client_ns(role);
     let target = topo.server_addr(role, port);
     let mut cmd = Topology::command(ns.as_deref(), exe);
-    cmd.arg("client")
-        .args(["--connect", &target.to_string(), "--role", role.name()]);
+    cmd.arg("client").args(["--connect", &target.to_string(), "--role", role.name()]);
     cmd.args(["--count", &count.to_string()]);
     cmd.args(["--fin-after-ms", &fin_after_ms.to_string()]);
     let label = format!("{} client", role.name());
     res.clients.push(Managed::spawn(&label, cmd)?);
-    let Some(client) = res.clients.last_mut() else {
-        bail!("internal: client not recorded")
-    };
+    let Some(client) = res.clients.last_mut() else { bail!("internal: client not recorded") };
     let (_, lines) = client.wait_for("CONNECTED line", STARTUP_TIMEOUT, proto::parse_connected)?;
     let pid = client.pid();
     if role.vanishes() {
         match (&ns, &res.loop_table) {
             (Some(ns), _) => netns::drop_all(ns)?,
             (None, Some(table)) => {
-                let ports: Vec<u16> = lines
-                    .iter()
-                    .filter_map(|l| proto::parse_local(l))
-                    .map(|a| a.port())
-                    .collect();
+                let ports: Vec<u16> = lines.iter().filter_map(|l| proto::parse_local(l)).map(|a| a.port()).collect();
                 loopnft::drop_ports(table, &ports)?;
             }
             (None, None) => bail!("internal: no way to make {label} vanish"),
         }
     }
-    Ok(ClientGroup {
-        role,
-        count,
-        pid,
-        ns,
-        target,
-    })
+    Ok(ClientGroup { role, count, pid, ns, target })
 }
 
 fn summary(topo: &Topology, server_pid: u32, port: u16, groups: &[ClientGroup], args: &LabArgs) {
-    let where_ = topo
-        .server_ns
-        .as_deref()
-        .unwrap_or("the current namespace (127.0.0.1)");
+    let where_ = topo.server_ns.as_deref().unwrap_or("the current namespace (127.0.0.1)");
     eprintln!("lab: server pid {server_pid} in {where_}, port {port}");
     for g in groups {
         let ns = g.ns.as_deref().unwrap_or("-");
@@ -328,11 +277,7 @@ fn wait(
         let server = res.server.iter_mut().filter(|_| !allow_server_exit);
         for p in server.chain(res.clients.iter_mut()) {
             if let Some(status) = p.exited() {
-                bail!(
-                    "{} (pid {}) exited unexpectedly ({status})",
-                    p.label,
-                    p.pid()
-                );
+                bail!("{} (pid {}) exited unexpectedly ({status})", p.label, p.pid());
             }
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -11,10 +11,7 @@ const TABLE_STEM: &str = "observer_demo_";
 
 /// nft identifiers: keep to [A-Za-z0-9_].
 fn sanitize(prefix: &str) -> String {
-    prefix
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect()
+    prefix.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
 }
 
 /// Table used by one lab run.
@@ -50,38 +47,24 @@ pub fn drop_ports(table: &str, ports: &[u16]) -> Result<()> {
 }
 
 fn drop_rules(table: &str, ports: &[u16]) -> String {
-    let set = ports
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
+    let set = ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ");
     let mut script = String::new();
     for (chain, dev) in [("input", "iifname"), ("output", "oifname")] {
         for dir in ["sport", "dport"] {
-            script.push_str(&format!(
-                "add rule inet {table} {chain} {dev} \"lo\" tcp {dir} {{ {set} }} drop\n"
-            ));
+            script.push_str(&format!("add rule inet {table} {chain} {dev} \"lo\" tcp {dir} {{ {set} }} drop\n"));
         }
     }
     script
 }
 
 pub fn delete(table: &str) -> Result<()> {
-    exec::run(
-        Command::new("nft").args(["delete", "table", "inet", table]),
-        None,
-    )
-    .map(drop)
+    exec::run(Command::new("nft").args(["delete", "table", "inet", table]), None).map(drop)
 }
 
 /// Names of all `inet` tables.
 pub fn list() -> Result<Vec<String>> {
     let out = exec::run(Command::new("nft").args(["list", "tables", "inet"]), None)?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("table inet "))
-        .map(|name| name.trim().to_string())
-        .collect())
+    Ok(out.lines().filter_map(|l| l.trim().strip_prefix("table inet ")).map(|name| name.trim().to_string()).collect())
 }
 
 #[cfg(test)]
@@ -98,11 +81,7 @@ mod tests {
     fn rules_cover_both_directions_on_lo() {
         let script = drop_rules("t", &[1000, 1001]);
         assert_eq!(script.lines().count(), 4);
-        assert!(
-            script.contains("add rule inet t output oifname \"lo\" tcp sport { 1000, 1001 } drop")
-        );
-        assert!(
-            script.contains("add rule inet t input iifname \"lo\" tcp dport { 1000, 1001 } drop")
-        );
+        assert!(script.contains("add rule inet t output oifname \"lo\" tcp sport { 1000, 1001 } drop"));
+        assert!(script.contains("add rule inet t input iifname \"lo\" tcp dport { 1000, 1001 } drop"));
     }
 }

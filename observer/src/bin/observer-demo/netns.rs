@@ -92,10 +92,7 @@ pub fn link_named(
     (srv_ip, cli_ip): (Ipv4Addr, Ipv4Addr),
 ) -> Result<()> {
     let (srv_cidr, cli_cidr) = (format!("{srv_ip}/30"), format!("{cli_ip}/30"));
-    ip(&[
-        "-n", srv_ns, "link", "add", srv_if, "type", "veth", "peer", "name", cli_if, "netns",
-        cli_ns,
-    ])?;
+    ip(&["-n", srv_ns, "link", "add", srv_if, "type", "veth", "peer", "name", cli_if, "netns", cli_ns])?;
     ip(&["-n", srv_ns, "addr", "add", &srv_cidr, "dev", srv_if])?;
     ip(&["-n", cli_ns, "addr", "add", &cli_cidr, "dev", cli_if])?;
     ip(&["-n", srv_ns, "link", "set", srv_if, "up"])?;
@@ -136,19 +133,13 @@ pub fn list() -> Result<Vec<String>> {
 }
 
 pub fn parse_list(out: &str) -> Vec<String> {
-    out.lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_string)
-        .collect()
+    out.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_string).collect()
 }
 
 /// PIDs of processes inside `ns`.
 pub fn pids(ns: &str) -> Result<Vec<i32>> {
     let out = ip(&["netns", "pids", ns])?;
-    Ok(out
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
-        .collect())
+    Ok(out.split_whitespace().filter_map(|w| w.parse().ok()).collect())
 }
 
 #[cfg(test)]
@@ -162,10 +153,7 @@ mod tests {
     fn names_are_derived_from_prefix_and_pid() {
         let base = run_base("obsdemo", 123456);
         assert_eq!(server_ns(&base), "obsdemo-123456-srv");
-        assert_eq!(
-            client_ns(&base, Role::Halfclose),
-            "obsdemo-123456-halfclose"
-        );
+        assert_eq!(client_ns(&base, Role::Halfclose), "obsdemo-123456-halfclose");
     }
 
     #[test]

@@ -26,9 +26,7 @@ impl Outbox {
 
     fn lock(&self) -> MutexGuard<'_, VecDeque<Vec<u8>>> {
         // A panicking writer cannot leave the queue inconsistent: keep going.
-        self.queue
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
+        self.queue.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Queues one message.
@@ -93,10 +91,7 @@ impl Outbox {
 
 /// Errors that only mean "nothing happened within the socket timeout".
 pub fn retryable(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-    )
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted)
 }
 
 /// A message body: printable filler ending in a newline.

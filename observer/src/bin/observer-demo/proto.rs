@@ -69,10 +69,7 @@ mod tests {
         let line = listening_line(addr, 4242);
         assert_eq!(line, "LISTENING 0.0.0.0:40123 pid=4242");
         assert_eq!(parse_listening(&line), Some((addr, 4242)));
-        assert_eq!(
-            parse_listening("LISTENING [::1]:80 pid=7\n").map(|(a, _)| a.port()),
-            Some(80)
-        );
+        assert_eq!(parse_listening("LISTENING [::1]:80 pid=7\n").map(|(a, _)| a.port()), Some(80));
         assert_eq!(parse_listening("LISTENING 0.0.0.0:1 pid=x"), None);
         assert_eq!(parse_listening("CONNECTED 1"), None);
     }
@@ -91,9 +88,6 @@ mod tests {
             ready_line(10, Some("obsdemo-9-srv"), 4000, 8),
             "READY server_pid=10 server_netns=obsdemo-9-srv port=4000 clients=8"
         );
-        assert_eq!(
-            ready_line(10, None, 4000, 1),
-            "READY server_pid=10 server_netns=- port=4000 clients=1"
-        );
+        assert_eq!(ready_line(10, None, 4000, 1), "READY server_pid=10 server_netns=- port=4000 clients=1");
     }
 }

@@ -28,11 +28,7 @@ impl Resources {
         procs.extend(self.server.take());
         for mut p in procs {
             if let Err(e) = p.terminate(GRACE) {
-                eprintln!(
-                    "lab: cleanup: stopping {} (pid {}): {e:#}",
-                    p.label,
-                    p.pid()
-                );
+                eprintln!("lab: cleanup: stopping {} (pid {}): {e:#}", p.label, p.pid());
             }
         }
         if let Some(Err(e)) = self.loop_table.take().map(|t| loopnft::delete(&t)) {
@@ -49,8 +45,7 @@ impl Resources {
                 .unwrap_or_else(|e| eprintln!("lab: cleanup: removing {}: {e}", dir.display()));
         }
         if let Some(path) = self.pid_file.take() {
-            std::fs::remove_file(&path)
-                .unwrap_or_else(|e| eprintln!("lab: cleanup: removing {}: {e}", path.display()));
+            std::fs::remove_file(&path).unwrap_or_else(|e| eprintln!("lab: cleanup: removing {}: {e}", path.display()));
         }
     }
 }

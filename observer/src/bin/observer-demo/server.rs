@@ -20,11 +20,8 @@ pub struct Config {
 }
 
 pub fn run(args: &ServerArgs) -> Result<()> {
-    let listener = TcpListener::bind(&args.listen)
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let addr = listener
-        .local_addr()
-        .context("cannot read the listening address")?;
+    let listener = TcpListener::bind(&args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr().context("cannot read the listening address")?;
     let config = Arc::new(Config {
         stream: args.stream.clone(),
         interval: (args.interval_ms > 0).then(|| Duration::from_millis(args.interval_ms)),

@@ -55,16 +55,8 @@ pub fn set_linger_reset(stream: &TcpStream) -> io::Result<()> {
 
 /// SO_LINGER off: close() returns at once and the kernel finishes in the background.
 pub fn set_linger_off(stream: &TcpStream) -> io::Result<()> {
-    let linger = libc::linger {
-        l_onoff: 0,
-        l_linger: 0,
-    };
-    set_opt(
-        stream.as_raw_fd(),
-        libc::SOL_SOCKET,
-        libc::SO_LINGER,
-        &linger,
-    )
+    let linger = libc::linger { l_onoff: 0, l_linger: 0 };
+    set_opt(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, &linger)
 }
 
 fn to_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
@@ -76,9 +68,7 @@ fn to_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             let sin = unsafe { &mut *(&raw mut storage).cast::<libc::sockaddr_in>() };
             sin.sin_family = libc::AF_INET as libc::sa_family_t;
             sin.sin_port = a.port().to_be();
-            sin.sin_addr = libc::in_addr {
-                s_addr: u32::from_ne_bytes(a.ip().octets()),
-            };
+            sin.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) };
             size_of::<libc::sockaddr_in>()
         }
         SocketAddr::V6(a) => {
@@ -87,9 +77,7 @@ fn to_sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
             sin6.sin6_port = a.port().to_be();
             sin6.sin6_flowinfo = a.flowinfo();
-            sin6.sin6_addr = libc::in6_addr {
-                s6_addr: a.ip().octets(),
-            };
+            sin6.sin6_addr = libc::in6_addr { s6_addr: a.ip().octets() };
             sin6.sin6_scope_id = a.scope_id();
             size_of::<libc::sockaddr_in6>()
         }
@@ -104,11 +92,7 @@ fn wait_writable(fd: RawFd, timeout: Duration) -> io::Result<()> {
         if left.is_zero() {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
         }
-        let mut pfd = libc::pollfd {
-            fd,
-            events: libc::POLLOUT,
-            revents: 0,
-        };
+        let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
         let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
         // SAFETY: one valid pollfd.
         let rc = unsafe { libc::poll(&mut pfd, 1, ms) };

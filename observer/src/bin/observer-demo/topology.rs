@@ -23,17 +23,11 @@ impl Topology {
     }
 
     pub fn client_ns(&self, role: Role) -> Option<String> {
-        self.server_ns
-            .as_ref()
-            .map(|_| netns::client_ns(&self.base, role))
+        self.server_ns.as_ref().map(|_| netns::client_ns(&self.base, role))
     }
 
     pub fn listen_addr(&self) -> &'static str {
-        if self.server_ns.is_some() {
-            "0.0.0.0:0"
-        } else {
-            "127.0.0.1:0"
-        }
+        if self.server_ns.is_some() { "0.0.0.0:0" } else { "127.0.0.1:0" }
     }
 
     /// Address `role`'s clients connect to.

@@ -14,8 +14,8 @@ use std::{fs::File, io, os::unix::fs::MetadataExt};
 
 use observer_common::{SockRecord, tcp_state};
 
-use self::wire::{Message, WireError};
 pub use self::record::TICK_NS;
+use self::wire::{Message, WireError};
 use super::iter::{self, IterError};
 
 #[derive(Debug, thiserror::Error)]

@@ -24,9 +24,8 @@ impl NetlinkSocket {
     /// thread; it keeps answering for that namespace wherever it is used.
     pub fn open() -> io::Result<Self> {
         // SAFETY: plain syscall; the fd is owned below.
-        let fd = unsafe {
-            libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG)
-        };
+        let fd =
+            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }

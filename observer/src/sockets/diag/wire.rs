@@ -57,9 +57,7 @@ pub enum WireError {
     Sequence { got: u32, want: u32 },
     #[error("the dump was interrupted by a concurrent change")]
     Interrupted,
-    #[error(
-        "tcp_info from this kernel is {0} bytes; polling sockets needs at least {TCP_INFO_MIN_LEN} (Linux 4.6+)"
-    )]
+    #[error("tcp_info from this kernel is {0} bytes; polling sockets needs at least {TCP_INFO_MIN_LEN} (Linux 4.6+)")]
     OldTcpInfo(usize),
 }
 
@@ -137,8 +135,11 @@ pub fn messages(datagram: &[u8], seq: u32) -> Result<Vec<Message<'_>>, WireError
                 _ => Message::Done,
             },
             NLMSG_ERROR => {
-                let e = i32_at(payload, 0)
-                    .ok_or(WireError::Short { what: "netlink error message", got: payload.len(), need: 4 })?;
+                let e = i32_at(payload, 0).ok_or(WireError::Short {
+                    what: "netlink error message",
+                    got: payload.len(),
+                    need: 4,
+                })?;
                 Message::Error(-e)
             }
             other => return Err(WireError::UnexpectedType(other)),
@@ -359,7 +360,11 @@ mod tests {
             let timer = ["", "on", "keepalive", "timewait", "persist"][usize::from(s.timer)];
             assert_eq!(timer, want.timer, "{want:?}");
             let Some(info) = s.info else {
-                assert_eq!((want.state.as_str(), s.inode), ("FIN-WAIT-2", 0), "only the TIME_WAIT mini-socket lacks tcp_info");
+                assert_eq!(
+                    (want.state.as_str(), s.inode),
+                    ("FIN-WAIT-2", 0),
+                    "only the TIME_WAIT mini-socket lacks tcp_info"
+                );
                 continue;
             };
             assert!(info.snd_wnd.is_some(), "6.18 sends tcpi_snd_wnd");

@@ -35,8 +35,7 @@ pub fn server(listen: &[String], comm: &str) -> Result<()> {
         l.set_nonblocking(true).context("O_NONBLOCK")?;
         listeners.push(l);
     }
-    let addrs: Vec<String> =
-        listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect();
+    let addrs: Vec<String> = listeners.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect();
     let ep = Epoll::new()?;
     for l in &listeners {
         ep.add(l.as_raw_fd(), LISTENER | l.as_raw_fd() as u64)?;
