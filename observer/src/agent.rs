@@ -353,7 +353,7 @@ impl Agent {
     pub fn seed_from_pins(&mut self) -> usize {
         let Some(maps) = self.maps.as_ref() else { return 0 };
         let seeds: std::collections::HashMap<u64, crate::sockets::state_file::Seed> =
-            maps.clocks.iter().filter_map(Result::ok).map(|(sk, c)| (sk, (&c).into())).collect();
+            maps.clocks.iter().filter_map(Result::ok).collect();
         let n = seeds.len();
         self.clocks_written.extend(seeds.keys().copied());
         self.table.seed(seeds);
@@ -367,7 +367,7 @@ impl Agent {
         let Some(maps) = self.maps.as_mut() else { return };
         let mut now = HashSet::new();
         for (sk, seed) in crate::sockets::state_file::seeds(&self.table) {
-            match maps.clocks.insert(sk, AgentClocks::from(&seed), 0) {
+            match maps.clocks.insert(sk, seed, 0) {
                 Ok(()) => {
                     now.insert(sk);
                 }

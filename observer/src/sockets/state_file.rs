@@ -32,120 +32,69 @@ pub enum StateError {
     OtherBoot { path: PathBuf },
 }
 
-/// What the agent knew of one socket, and how to recognise that socket.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Seed {
-    pub inode: u64,
-    pub netns: u32,
-    pub sport: u16,
-    pub dport: u16,
-    pub owner: u32,
-    pub snd_una: u32,
-    pub rcv_tstamp: u32,
-    pub probes_out: u8,
-    pub progress_at: u64,
-    pub close_wait_at: Option<u64>,
-    pub zero_window_at: Option<u64>,
-    pub open_at: u64,
-    pub connect_at: Option<u64>,
-    pub probe_seen_at: Option<u64>,
+/// What the agent knew of one socket, and how to recognise it: the record
+/// the pinned `CLOCKS` map holds too (0 where a clock is not running).
+pub type Seed = AgentClocks;
+
+fn opt(v: Option<u64>) -> u64 {
+    v.unwrap_or(0)
 }
 
-impl Seed {
-    fn of(t: &Tracked) -> Seed {
-        let r = &t.record;
-        Seed {
-            inode: r.inode,
-            netns: r.netns,
-            sport: r.sport,
-            dport: r.dport,
-            owner: t.owner,
-            snd_una: r.snd_una,
-            rcv_tstamp: r.rcv_tstamp,
-            probes_out: r.probes_out,
-            progress_at: t.progress_at,
-            close_wait_at: t.close_wait_at,
-            zero_window_at: t.zero_window_at,
-            open_at: t.open_at,
-            connect_at: t.connect_at,
-            probe_seen_at: t.probe_seen_at,
-        }
-    }
+fn some(v: u64) -> Option<u64> {
+    (v != 0).then_some(v)
+}
 
-    /// The same socket, not another one at the same kernel address.
-    pub fn matches(&self, r: &SockRecord) -> bool {
-        self.inode == r.inode && self.netns == r.netns && self.sport == r.sport && self.dport == r.dport
-    }
-
-    /// The socket as the agent last saw it, for the sweep to continue from.
-    pub fn as_tracked(&self, rec: &SockRecord) -> Tracked {
-        Tracked {
-            owner: self.owner,
-            record: SockRecord {
-                snd_una: self.snd_una,
-                rcv_tstamp: self.rcv_tstamp,
-                probes_out: self.probes_out,
-                ..*rec
-            },
-            class: crate::classify::Class::Healthy,
-            progress_at: self.progress_at,
-            close_wait_at: self.close_wait_at,
-            zero_window_at: self.zero_window_at,
-            open_at: self.open_at,
-            connect_at: self.connect_at,
-            probe_seen_at: self.probe_seen_at,
-            kernel_tracked: false,
-            seen: 0,
-        }
+fn seed_of(t: &Tracked) -> Seed {
+    let r = &t.record;
+    Seed {
+        inode: r.inode,
+        netns: r.netns,
+        sport: r.sport,
+        dport: r.dport,
+        owner: t.owner,
+        snd_una: r.snd_una,
+        rcv_tstamp: r.rcv_tstamp,
+        probes_out: u32::from(r.probes_out),
+        progress_at: t.progress_at,
+        close_wait_at: opt(t.close_wait_at),
+        zero_window_at: opt(t.zero_window_at),
+        open_at: t.open_at,
+        connect_at: opt(t.connect_at),
+        probe_seen_at: opt(t.probe_seen_at),
     }
 }
 
-impl From<&Seed> for AgentClocks {
-    fn from(s: &Seed) -> AgentClocks {
-        AgentClocks {
-            inode: s.inode,
-            netns: s.netns,
-            sport: s.sport,
-            dport: s.dport,
-            owner: s.owner,
-            snd_una: s.snd_una,
-            rcv_tstamp: s.rcv_tstamp,
-            probes_out: u32::from(s.probes_out),
-            progress_at: s.progress_at,
-            close_wait_at: opt(s.close_wait_at),
-            zero_window_at: opt(s.zero_window_at),
-            open_at: s.open_at,
-            connect_at: opt(s.connect_at),
-            probe_seen_at: opt(s.probe_seen_at),
-        }
-    }
+/// Whether `seed` is of the socket in `r`, not of another one that since
+/// took the same kernel address.
+pub fn matches(seed: &Seed, r: &SockRecord) -> bool {
+    seed.inode == r.inode && seed.netns == r.netns && seed.sport == r.sport && seed.dport == r.dport
 }
 
-impl From<&AgentClocks> for Seed {
-    fn from(c: &AgentClocks) -> Seed {
-        let some = |x: u64| (x != 0).then_some(x);
-        Seed {
-            inode: c.inode,
-            netns: c.netns,
-            sport: c.sport,
-            dport: c.dport,
-            owner: c.owner,
-            snd_una: c.snd_una,
-            rcv_tstamp: c.rcv_tstamp,
-            probes_out: u8::try_from(c.probes_out).unwrap_or(u8::MAX),
-            progress_at: c.progress_at,
-            close_wait_at: some(c.close_wait_at),
-            zero_window_at: some(c.zero_window_at),
-            open_at: c.open_at,
-            connect_at: some(c.connect_at),
-            probe_seen_at: some(c.probe_seen_at),
-        }
+/// The socket as the agent last saw it, for the sweep to continue from.
+pub fn as_tracked(seed: &Seed, rec: &SockRecord) -> Tracked {
+    Tracked {
+        owner: seed.owner,
+        record: SockRecord {
+            snd_una: seed.snd_una,
+            rcv_tstamp: seed.rcv_tstamp,
+            probes_out: u8::try_from(seed.probes_out).unwrap_or(u8::MAX),
+            ..*rec
+        },
+        class: crate::classify::Class::Healthy,
+        progress_at: seed.progress_at,
+        close_wait_at: some(seed.close_wait_at),
+        zero_window_at: some(seed.zero_window_at),
+        open_at: seed.open_at,
+        connect_at: some(seed.connect_at),
+        probe_seen_at: some(seed.probe_seen_at),
+        kernel_tracked: false,
+        seen: 0,
     }
 }
 
 /// The sockets whose clocks are worth keeping, with those clocks.
 pub fn seeds(table: &SocketTable) -> impl Iterator<Item = (u64, Seed)> + '_ {
-    table.entries().filter(|(_, t)| worth_keeping(t)).map(|(sk, t)| (*sk, Seed::of(t)))
+    table.entries().filter(|(_, t)| worth_keeping(t)).map(|(sk, t)| (*sk, seed_of(t)))
 }
 
 /// Whether a socket has a clock worth keeping.
@@ -160,10 +109,6 @@ fn worth_keeping(t: &Tracked) -> bool {
 
 fn boot_id() -> String {
     std::fs::read_to_string(BOOT_ID).map(|s| s.trim().to_string()).unwrap_or_default()
-}
-
-fn opt(v: Option<u64>) -> u64 {
-    v.unwrap_or(0)
 }
 
 /// Writes the table's clocks to `path` (through a temporary file and a
@@ -185,11 +130,11 @@ pub fn save(path: &Path, table: &SocketTable) -> Result<usize, StateError> {
             s.rcv_tstamp,
             s.probes_out,
             s.progress_at,
-            opt(s.close_wait_at),
-            opt(s.zero_window_at),
+            s.close_wait_at,
+            s.zero_window_at,
             s.open_at,
-            opt(s.connect_at),
-            opt(s.probe_seen_at)
+            s.connect_at,
+            s.probe_seen_at
         );
         n += 1;
     }
@@ -252,7 +197,6 @@ fn parse(text: &str, boot: &str) -> Result<HashMap<u64, Seed>, ParseError> {
         else {
             return Err(ParseError::Malformed { line: i + 2, what: "expected 15 numbers" });
         };
-        let some = |x: u64| (x != 0).then_some(x);
         let narrow =
             |x: u64| ParseError::Malformed { line: i + 2, what: if x > 0 { "a number out of range" } else { "" } };
         out.insert(
@@ -265,13 +209,13 @@ fn parse(text: &str, boot: &str) -> Result<HashMap<u64, Seed>, ParseError> {
                 owner: u32::try_from(owner).map_err(|_| narrow(owner))?,
                 snd_una: u32::try_from(snd_una).map_err(|_| narrow(snd_una))?,
                 rcv_tstamp: u32::try_from(rcv_tstamp).map_err(|_| narrow(rcv_tstamp))?,
-                probes_out: u8::try_from(probes_out).map_err(|_| narrow(probes_out))?,
+                probes_out: u32::from(u8::try_from(probes_out).map_err(|_| narrow(probes_out))?),
                 progress_at,
-                close_wait_at: some(cw),
-                zero_window_at: some(zw),
+                close_wait_at: cw,
+                zero_window_at: zw,
                 open_at,
-                connect_at: some(conn),
-                probe_seen_at: some(probe),
+                connect_at: conn,
+                probe_seen_at: probe,
             },
         );
     }
@@ -288,7 +232,7 @@ mod tests {
         let seeds = parse(&text, "abc").ok().expect("parses");
         let s = seeds.get(&7).expect("socket 7");
         assert_eq!((s.inode, s.sport, s.dport, s.owner, s.probes_out), (11, 80, 40000, 42, 1));
-        assert_eq!((s.progress_at, s.close_wait_at, s.zero_window_at, s.probe_seen_at), (5, Some(6), None, Some(9)));
+        assert_eq!((s.progress_at, s.close_wait_at, s.zero_window_at, s.probe_seen_at), (5, 6, 0, 9));
         assert!(matches!(parse(&text, "other"), Err(ParseError::OtherBoot)));
         assert!(matches!(parse("hello\n", "abc"), Err(ParseError::Malformed { line: 1, .. })));
         let short = format!("{MAGIC} boot abc\n1 2 3\n");

@@ -9,7 +9,7 @@ use std::{
 use observer_common::{FLAG_APP_CLOSED, SockEvents, SockRecord, tcp_state, timer};
 
 use crate::classify::{self, Class, Observed, StallReason, Thresholds, ZombieReason};
-use crate::sockets::state_file::Seed;
+use crate::sockets::state_file::{self, Seed};
 
 /// One socket of a target, with the times the agent keeps for it.
 #[derive(Clone, Debug)]
@@ -215,7 +215,9 @@ impl SocketTable {
         let listeners = listener_owners(records, inode_owner);
         for rec in records {
             let seeded = match self.seeds.remove(&rec.sk) {
-                Some(s) if s.matches(rec) && !self.socks.contains_key(&rec.sk) => Some(s.as_tracked(rec)),
+                Some(s) if state_file::matches(&s, rec) && !self.socks.contains_key(&rec.sk) => {
+                    Some(state_file::as_tracked(&s, rec))
+                }
                 _ => None,
             };
             let prev = self.socks.get(&rec.sk).or(seeded.as_ref());
