@@ -1,21 +1,6 @@
 //! `observer`: which TCP sockets of a server are dead or stalled, and how many
 //! bytes are stuck in them, next to the process's memory.
 
-mod agent;
-mod classify;
-mod cli;
-mod http;
-mod metrics;
-#[cfg(test)]
-mod parsers_fuzz;
-mod privileges;
-mod probes;
-mod sockets;
-mod target;
-#[cfg(test)]
-mod test_support;
-mod top;
-
 use std::{
     sync::{Arc, atomic::AtomicBool},
     time::Duration,
@@ -25,15 +10,15 @@ use anyhow::{Context, Result, bail};
 use clap::Parser;
 use log::{info, warn};
 
-use crate::{
+use observer::{
     agent::{Agent, Shared},
     cli::{CheckArgs, Cli, Command, RunArgs},
-    metrics::{Metrics, ProbeLabel},
-    probes::{
-        loader::{self, LoadOptions},
-        pins::{self, PinDir},
-        plan::Hook,
-    },
+    http,
+    metrics::Metrics,
+    privileges,
+    probes::{self, loader, pins, plan::Hook},
+    startup::{load_options, start_agent},
+    target, top,
 };
 
 fn main() {
@@ -49,63 +34,6 @@ fn main() {
         eprintln!("observer: error: {e:#}");
         std::process::exit(1);
     }
-}
-
-fn load_options(k: &cli::KernelArgs, max_sockets: u32, pins: Option<PinDir>) -> LoadOptions {
-    LoadOptions {
-        btf_path: k.btf.clone(),
-        max_sockets,
-        forced: k.probe_method.clone(),
-        pins,
-        fallback: k.fallback == cli::Fallback::SockDiag,
-    }
-}
-
-/// Validates the target, loads and attaches the programs, and returns an
-/// agent that has swept once. Shared by `run` and `top`.
-pub fn start_agent(
-    target: &cli::TargetArgs,
-    sweep: &cli::SweepArgs,
-    kernel: &cli::KernelArgs,
-    pins: Option<PinDir>,
-    state_file: Option<std::path::PathBuf>,
-    metrics: Metrics,
-    shared: Arc<Shared>,
-) -> Result<Agent> {
-    let selector = target.selector();
-    target::validate(&selector).context("target")?;
-    let reused = pins.as_ref().is_some_and(|p| p.reused);
-    let probes = loader::load(&load_options(kernel, sweep.max_sockets, pins))?;
-    if reused {
-        info!("continuing from the state a previous observer pinned");
-    }
-    for c in &probes.choices {
-        let method = c.method.map_or("none", |m| m.name());
-        metrics.probe_info.get_or_create(&ProbeLabel { hook: c.hook.name(), method }).set(1);
-        info!("hook {:<10} method {:<14} {}", c.hook.name(), method, c.target);
-        for (m, why) in &c.rejected {
-            info!("    passed over {m}: {why}");
-        }
-    }
-    let mut agent = Agent::new(probes, selector, sweep.thresholds(), metrics, shared)?;
-    agent.purge_stale_on_first_sweep = reused;
-    if reused {
-        let n = agent.seed_from_pins();
-        info!("continuing from {n} sockets' clocks pinned by a previous observer");
-    }
-    if let Some(path) = &state_file {
-        match sockets::state_file::load(path) {
-            Ok(seeds) => {
-                info!("continuing from {} sockets' clocks in {}", seeds.len(), path.display());
-                agent.seed(seeds);
-            }
-            Err(e) => warn!("starting every clock afresh: {e}"),
-        }
-    }
-    agent.state_file = state_file;
-    // The first sweep runs before serving, so the first scrape has numbers.
-    agent.sweep().context("first sweep of the kernel's sockets")?;
-    Ok(agent)
 }
 
 fn run(args: RunArgs) -> Result<()> {

@@ -144,6 +144,10 @@ impl SocketTable {
         self.socks.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.socks.is_empty()
+    }
+
     pub fn sockets(&self) -> impl Iterator<Item = &Tracked> {
         self.socks.values()
     }

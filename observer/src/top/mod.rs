@@ -41,7 +41,7 @@ pub fn run(args: TopArgs) -> Result<()> {
         // before a screen; `observer check` tells it.
         log::set_max_level(log::LevelFilter::Warn);
     }
-    let mut agent = crate::start_agent(
+    let mut agent = crate::startup::start_agent(
         &args.target,
         &args.sweep,
         &args.kernel,
