@@ -19,7 +19,10 @@ mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 mkdir -p /tmp /sys/fs/bpf
-mount -t tmpfs tmpfs /tmp
+# The initramfs root is already writable memory. No tmpfs over /tmp: the
+# test binaries and the observer are packed at the absolute paths compiled
+# into the tests, which lie under /tmp when the checkout does.
+chmod 1777 /tmp
 mount -t bpf bpf /sys/fs/bpf
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t debugfs debugfs /sys/kernel/debug
