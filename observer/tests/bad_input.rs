@@ -226,3 +226,43 @@ fn pin_dir_with_contents_is_never_mounted_over() {
     assert!(mounts[0].contains(" - tmpfs "), "{mounts:?}");
     assert!(keep.exists());
 }
+
+/// A kernel without an optional field (here `icsk_probes_tstamp`, new in
+/// 5.12: this kernel's BTF with that one name changed, every layout intact)
+/// runs with the feature off and a warning, instead of aborting.
+#[test]
+fn a_missing_optional_field_degrades_with_a_warning() {
+    require_root();
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").expect("kernel BTF");
+    let (from, to) = (b"icsk_probes_tstamp\0", b"icsk_probes_tstamX\0");
+    let at = btf.windows(from.len()).position(|w| w == from).expect("this kernel has the field");
+    let mut patched = btf.clone();
+    patched[at..at + to.len()].copy_from_slice(to);
+    assert!(patched.windows(from.len()).all(|w| w != from), "the name occurs once");
+    let path = std::env::temp_dir().join(format!("observer-btf-{}", std::process::id()));
+    std::fs::write(&path, &patched).expect("write patched BTF");
+    let target = sleeper();
+    let pid = target.pid().to_string();
+    let addr = format!("127.0.0.1:{}", common::free_port());
+    let child = Command::new(common::OBSERVER)
+        .args(["run", "--pid", &pid, "--listen", &addr, "--no-pin", "--btf"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start observer");
+    let mut obs = Proc { child, name: "observer" };
+    let body = common::wait_for(std::time::Duration::from_secs(20), "/metrics", || {
+        common::http_get(&addr, "/metrics").ok().filter(|(code, _)| *code == 200).map(|(_, b)| b)
+    });
+    let _ = std::fs::remove_file(&path);
+    // Still the eBPF programs, not the sock_diag fallback.
+    assert!(body.contains("observer_probe_info{hook=\"sockets\",method=\"iter\"} 1"), "{body}");
+    assert!(body.contains("observer_retransmits_total"), "event counters present");
+    obs.stop();
+    let mut err = String::new();
+    use std::io::Read;
+    obs.child.stderr.take().expect("stderr").read_to_string(&mut err).expect("stderr");
+    assert!(err.contains("icsk_probes_tstamp"), "a warning names the missing field: {err}");
+}
