@@ -83,32 +83,40 @@ fn missing_btf_is_fatal_only_with_fallback_none() {
     }
 }
 
-/// Without usable BTF the programs cannot be relocated: the observer says so
-/// and polls sock_diag, which needs none, instead of giving up.
-#[test]
-fn missing_btf_degrades_to_sock_diag_with_a_warning() {
-    require_root();
+/// `observer run` on a sleeper with `--btf btf`: its first /metrics, and
+/// everything it wrote to stderr until stopped.
+fn run_with_btf(btf: &std::path::Path) -> (String, String) {
     let target = sleeper();
     let pid = target.pid().to_string();
     let addr = format!("127.0.0.1:{}", common::free_port());
     let child = Command::new(common::OBSERVER)
-        .args(["run", "--pid", &pid, "--listen", &addr, "--no-pin", "--btf", "/nonexistent/vmlinux"])
+        .args(["run", "--pid", &pid, "--listen", &addr, "--no-pin", "--btf"])
+        .arg(btf)
         .env("RUST_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("start observer");
     let mut obs = Proc { child, name: "observer" };
-    let body = common::wait_for(std::time::Duration::from_secs(20), "/metrics in sock_diag mode", || {
+    let body = common::wait_for(std::time::Duration::from_secs(20), "/metrics", || {
         common::http_get(&addr, "/metrics").ok().filter(|(code, _)| *code == 200).map(|(_, b)| b)
     });
-    assert!(body.contains("observer_probe_info{hook=\"sockets\",method=\"sock_diag\"} 1"), "{body}");
-    assert!(body.contains("observer_target_up 1"), "{body}");
-    assert!(!body.contains("observer_retransmits_total"), "event counters absent, not zero");
     obs.stop();
     let mut err = String::new();
     use std::io::Read;
     obs.child.stderr.take().expect("stderr").read_to_string(&mut err).expect("stderr");
+    (body, err)
+}
+
+/// Without usable BTF the programs cannot be relocated: the observer says so
+/// and polls sock_diag, which needs none, instead of giving up.
+#[test]
+fn missing_btf_degrades_to_sock_diag_with_a_warning() {
+    require_root();
+    let (body, err) = run_with_btf(std::path::Path::new("/nonexistent/vmlinux"));
+    assert!(body.contains("observer_probe_info{hook=\"sockets\",method=\"sock_diag\"} 1"), "{body}");
+    assert!(body.contains("observer_target_up 1"), "{body}");
+    assert!(!body.contains("observer_retransmits_total"), "event counters absent, not zero");
     assert!(err.contains("cannot read kernel BTF from /nonexistent/vmlinux") && err.contains("sock_diag"), "{err}");
 }
 
@@ -241,28 +249,10 @@ fn a_missing_optional_field_degrades_with_a_warning() {
     assert!(patched.windows(from.len()).all(|w| w != from), "the name occurs once");
     let path = std::env::temp_dir().join(format!("observer-btf-{}", std::process::id()));
     std::fs::write(&path, &patched).expect("write patched BTF");
-    let target = sleeper();
-    let pid = target.pid().to_string();
-    let addr = format!("127.0.0.1:{}", common::free_port());
-    let child = Command::new(common::OBSERVER)
-        .args(["run", "--pid", &pid, "--listen", &addr, "--no-pin", "--btf"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdin(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start observer");
-    let mut obs = Proc { child, name: "observer" };
-    let body = common::wait_for(std::time::Duration::from_secs(20), "/metrics", || {
-        common::http_get(&addr, "/metrics").ok().filter(|(code, _)| *code == 200).map(|(_, b)| b)
-    });
+    let (body, err) = run_with_btf(&path);
     let _ = std::fs::remove_file(&path);
     // Still the eBPF programs, not the sock_diag fallback.
     assert!(body.contains("observer_probe_info{hook=\"sockets\",method=\"iter\"} 1"), "{body}");
     assert!(body.contains("observer_retransmits_total"), "event counters present");
-    obs.stop();
-    let mut err = String::new();
-    use std::io::Read;
-    obs.child.stderr.take().expect("stderr").read_to_string(&mut err).expect("stderr");
     assert!(err.contains("icsk_probes_tstamp"), "a warning names the missing field: {err}");
 }
