@@ -39,6 +39,17 @@ pub fn read<T: Copy + Default>(base: u64, offset: u32) -> T {
     v
 }
 
+/// `*(base + offset)` as a `T`, loaded directly through a pointer the
+/// verifier knows the BTF type of (an iterator's socket, a tp_btf or fentry
+/// argument). The offset comes from frozen `.rodata`, which the verifier
+/// sees as a constant, so it checks the access against the struct and turns
+/// it into one guarded load: no helper call, unlike [`read`]. A fault reads
+/// as zero.
+#[inline(always)]
+pub fn load<T: Copy>(base: *const u8, offset: u32) -> T {
+    unsafe { core::ptr::read_volatile(base.add(offset as usize).cast::<T>()) }
+}
+
 #[inline(always)]
 pub fn state(sk: u64) -> u8 {
     read::<u8>(sk, off!(skc_state))
