@@ -135,7 +135,7 @@ fn full(tp: *const u8, rec: &mut SockRecord) {
         mstamp_us: load(tp, off!(tcp_mstamp)),
         ..*rec
     };
-    if let Some(ev) = SOCKS.get_ptr(&rec.sk) {
+    if let Some(ev) = SOCKS.get_ptr(rec.sk) {
         rec.events = unsafe { *ev };
         rec.has_events = 1;
     }

@@ -18,7 +18,7 @@ use aya_ebpf::{
         BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext, TracePointContext,
     },
 };
-use kernel::off;
+use kernel::{Typed, Untyped, off};
 
 #[inline(always)]
 fn tp_field<T: Default>(ctx: &TracePointContext, offset: u32) -> T {
@@ -29,27 +29,27 @@ fn tp_field<T: Default>(ctx: &TracePointContext, offset: u32) -> T {
 
 #[fexit(function = "tcp_sendmsg")]
 pub fn send_fexit(ctx: FExitContext) -> u32 {
-    track::on_send(ctx.arg::<u64>(0));
+    track::on_send(Typed(ctx.arg::<*const u8>(0)));
     0
 }
 
 #[kprobe]
 pub fn send_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<u64>(0) {
-        track::on_send(sk);
+        track::on_send(Untyped(sk));
     }
     0
 }
 
 #[btf_tracepoint(function = "sock_send_length")]
 pub fn send_tp_btf(ctx: BtfTracePointContext) -> i32 {
-    track::on_send(ctx.arg::<u64>(0));
+    track::on_send(Typed(ctx.arg::<*const u8>(0)));
     0
 }
 
 #[tracepoint]
 pub fn send_tracepoint(ctx: TracePointContext) -> u32 {
-    track::on_send(tp_field(&ctx, off!(tp_send_sk)));
+    track::on_send(Untyped(tp_field(&ctx, off!(tp_send_sk))));
     0
 }
 
@@ -57,14 +57,14 @@ pub fn send_tracepoint(ctx: TracePointContext) -> u32 {
 
 #[fentry(function = "tcp_close")]
 pub fn close_fentry(ctx: FEntryContext) -> u32 {
-    track::on_close(ctx.arg::<u64>(0));
+    track::on_close(Typed(ctx.arg::<*const u8>(0)));
     0
 }
 
 #[kprobe]
 pub fn close_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<u64>(0) {
-        track::on_close(sk);
+        track::on_close(Untyped(sk));
     }
     0
 }
@@ -73,20 +73,20 @@ pub fn close_kprobe(ctx: ProbeContext) -> u32 {
 
 #[btf_tracepoint(function = "inet_sock_set_state")]
 pub fn state_tp_btf(ctx: BtfTracePointContext) -> i32 {
-    track::on_state(ctx.arg::<u64>(0), ctx.arg::<i32>(1), ctx.arg::<i32>(2));
+    track::on_state(Typed(ctx.arg::<*const u8>(0)), ctx.arg::<i32>(1), ctx.arg::<i32>(2));
     0
 }
 
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn state_raw_tp(ctx: RawTracePointContext) -> i32 {
-    track::on_state(ctx.arg::<u64>(0), ctx.arg::<i32>(1), ctx.arg::<i32>(2));
+    track::on_state(Untyped(ctx.arg::<u64>(0)), ctx.arg::<i32>(1), ctx.arg::<i32>(2));
     0
 }
 
 #[tracepoint]
 pub fn state_tracepoint(ctx: TracePointContext) -> u32 {
     track::on_state(
-        tp_field(&ctx, off!(tp_state_skaddr)),
+        Untyped(tp_field(&ctx, off!(tp_state_skaddr))),
         tp_field(&ctx, off!(tp_state_oldstate)),
         tp_field(&ctx, off!(tp_state_newstate)),
     );
@@ -97,21 +97,21 @@ pub fn state_tracepoint(ctx: TracePointContext) -> u32 {
 
 #[fentry(function = "tcp_write_timer_handler")]
 pub fn timer_fentry(ctx: FEntryContext) -> u32 {
-    track::on_write_timer(ctx.arg::<u64>(0));
+    track::on_write_timer(Typed(ctx.arg::<*const u8>(0)));
     0
 }
 
 #[kprobe]
 pub fn timer_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<u64>(0) {
-        track::on_write_timer(sk);
+        track::on_write_timer(Untyped(sk));
     }
     0
 }
 
 #[btf_tracepoint(function = "timer_expire_entry")]
 pub fn timer_tp_btf(ctx: BtfTracePointContext) -> i32 {
-    track::on_timer_expire(ctx.arg::<u64>(0));
+    track::on_timer_expire(Typed(ctx.arg::<*const u8>(0)));
     0
 }
 
@@ -119,27 +119,27 @@ pub fn timer_tp_btf(ctx: BtfTracePointContext) -> i32 {
 
 #[fentry(function = "tcp_retransmit_skb")]
 pub fn retransmit_fentry(ctx: FEntryContext) -> u32 {
-    track::on_retransmit(ctx.arg::<u64>(0));
+    track::on_retransmit(Typed(ctx.arg::<*const u8>(0)));
     0
 }
 
 #[kprobe]
 pub fn retransmit_kprobe(ctx: ProbeContext) -> u32 {
     if let Some(sk) = ctx.arg::<u64>(0) {
-        track::on_retransmit(sk);
+        track::on_retransmit(Untyped(sk));
     }
     0
 }
 
 #[btf_tracepoint(function = "tcp_retransmit_skb")]
 pub fn retransmit_tp_btf(ctx: BtfTracePointContext) -> i32 {
-    track::on_retransmit(ctx.arg::<u64>(0));
+    track::on_retransmit(Typed(ctx.arg::<*const u8>(0)));
     0
 }
 
 #[tracepoint]
 pub fn retransmit_tracepoint(ctx: TracePointContext) -> u32 {
-    track::on_retransmit(tp_field(&ctx, off!(tp_retransmit_skaddr)));
+    track::on_retransmit(Untyped(tp_field(&ctx, off!(tp_retransmit_skaddr))));
     0
 }
 
