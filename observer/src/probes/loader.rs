@@ -70,6 +70,25 @@ pub struct Probes {
     pub ebpf: Option<Ebpf>,
     pub caps: Capabilities,
     pub choices: Vec<Choice>,
+    pub sweeps: Sweeps,
+}
+
+/// How the sweeps read the sockets, decided once at load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sweeps {
+    /// Every sweep walks every TCP socket of the watched namespaces.
+    FullWalks { why: String },
+    /// Between full walks, sweeps visit only the marked sockets and read
+    /// only what changed (`sockets::marked`).
+    Marked,
+}
+
+/// Tracing programs may use socket-local storage since Linux 5.11
+/// (`bpf_sk_storage_get` from tp_btf, fentry and iterators). A kernel that
+/// backported it earlier just keeps full walks.
+fn marking_supported() -> bool {
+    use aya::util::KernelVersion;
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 11, 0))
 }
 
 impl Probes {
@@ -133,7 +152,8 @@ fn sock_diag_only(opts: &LoadOptions, why_not_iter: String) -> Result<Probes, cr
             _ => Choice { hook, method: None, target: "", rejected: Vec::new() },
         })
         .collect();
-    Ok(Probes { ebpf: None, caps: caps::detect(btf.as_ref()), choices })
+    let sweeps = Sweeps::FullWalks { why: "sock_diag loads no program".into() };
+    Ok(Probes { ebpf: None, caps: caps::detect(btf.as_ref()), choices, sweeps })
 }
 
 /// What loading needs to know of the running kernel: its capabilities, the
@@ -202,8 +222,13 @@ fn load_bpf(opts: &LoadOptions) -> Result<Probes, ProbeError> {
     let (caps, offsets, aya_btf) = kernel_facts(opts)?;
     raise_memlock();
 
+    let marking = u32::from(marking_supported());
     let mut loader = EbpfLoader::new();
-    loader.btf(Some(&aya_btf)).override_global("OFFSETS", &offsets, true).map_max_entries("SOCKS", opts.max_sockets);
+    loader
+        .btf(Some(&aya_btf))
+        .override_global("OFFSETS", &offsets, true)
+        .override_global("MARKING", &marking, true)
+        .map_max_entries("SOCKS", opts.max_sockets);
     let pin_paths: Vec<(&str, PathBuf)> =
         opts.pins.iter().flat_map(|p| super::pins::PINNED_MAPS.map(|m| (m, p.path.join(m)))).collect();
     for (name, path) in &pin_paths {
@@ -284,7 +309,26 @@ fn load_bpf(opts: &LoadOptions) -> Result<Probes, ProbeError> {
         choices.push(choice);
     }
     choices.sort_by_key(|c| c.hook);
-    Ok(Probes { ebpf: Some(ebpf), caps, choices })
+    let sweeps = if marking == 0 {
+        Sweeps::FullWalks { why: "socket-local storage needs Linux 5.11 in tracing programs".into() }
+    } else {
+        load_marked(&mut ebpf, &aya_btf)
+    };
+    Ok(Probes { ebpf: Some(ebpf), caps, choices, sweeps })
+}
+
+fn load_marked(ebpf: &mut Ebpf, btf: &AyaBtf) -> Sweeps {
+    let loaded = program(ebpf, crate::sockets::marked::PROGRAM).and_then(|prog| {
+        let p: &mut Iter = prog.try_into().map_err(err)?;
+        p.load("bpf_sk_storage_map", btf).map_err(err)
+    });
+    match loaded {
+        Ok(()) => Sweeps::Marked,
+        Err(why) => {
+            log::warn!("marked-socket sweeps unavailable, every sweep walks all sockets: {why}");
+            Sweeps::FullWalks { why }
+        }
+    }
 }
 
 pub fn describe_rejections(rejected: &[(Method, String)]) -> String {
@@ -397,9 +441,11 @@ pub type Verdicts = Vec<(&'static Attach, Result<(), String>)>;
 pub fn verify_all(opts: &LoadOptions) -> Result<Verdicts, ProbeError> {
     let (_, offsets, aya_btf) = kernel_facts(opts)?;
     raise_memlock();
+    let marking = u32::from(marking_supported());
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&aya_btf))
         .override_global("OFFSETS", &offsets, true)
+        .override_global("MARKING", &marking, true)
         .load(OBJECT)
         .map_err(|e| ProbeError::Object(chain(&e)))?;
     Ok(plan::PLAN.iter().map(|a| (a, verify_one(&mut ebpf, a, &aya_btf))).collect())
