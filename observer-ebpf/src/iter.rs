@@ -89,14 +89,15 @@ pub fn observer_marked(ctx: *mut IterMarkCtx) -> i32 {
     if sk.is_null() || mark.is_null() {
         return 0;
     }
-    let mut rec = SockRecord::default();
-    let Some(tp) = record(sk, &mut rec) else {
-        return 0;
-    };
+    // Only full sockets carry marks.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk) } as *const u8;
     if tp.is_null() {
         return 0;
     }
-    rec.marked = 1;
+    // What decides whether the record crosses first; the rest only for
+    // those that do.
+    let mut rec = SockRecord { marked: 1, ..SockRecord::default() };
+    core(sk as *const u8, tp, &mut rec);
     let quiet = rec.quiet();
     let digest = rec.digest();
     if quiet && unsafe { *mark } == digest {
@@ -107,6 +108,7 @@ pub fn observer_marked(ctx: *mut IterMarkCtx) -> i32 {
         }
         return 0;
     }
+    rest(sk as *const u8, tp, &mut rec);
     // The mark changes only once the record is written: a record the read
     // buffer could not take is shown again, and must cross then.
     if write(meta, &rec) {
@@ -141,11 +143,53 @@ fn record(skc: *mut c_void, rec: &mut SockRecord) -> Option<*const u8> {
     if state == tcp_state::NEW_SYN_RECV {
         return None;
     }
+    // A TIME_WAIT socket is never read beyond its `sock_common` (the
+    // tcp_sock fields do not exist there). The helper also answers NULL
+    // for anything that is not a full TCP socket.
+    let tp = if state == tcp_state::TIME_WAIT {
+        core::ptr::null()
+    } else {
+        unsafe { bpf_skc_to_tcp_sock(skc) as *const u8 }
+    };
+    core(base, tp, rec);
+    rest(base, tp, rec);
+    Some(tp)
+}
+
+/// What `SockRecord::quiet` and `SockRecord::digest` read, and what the
+/// probes recorded for the socket.
+#[inline(always)]
+fn core(base: *const u8, tp: *const u8, rec: &mut SockRecord) {
+    rec.sk = base as u64;
+    rec.state = load(base, off!(skc_state));
     let net: *const u8 = load(base, off!(skc_net));
-    let family: u16 = load(base, off!(skc_family));
-    rec.sk = skc as u64;
     rec.netns = if net.is_null() { 0 } else { load(net, off!(net_inum)) };
-    rec.state = state;
+    if tp.is_null() {
+        return;
+    }
+    rec.inode = inode(tp);
+    rec.pending = load(tp, off!(icsk_pending));
+    rec.backoff = load(tp, off!(icsk_backoff));
+    rec.probes_out = load(tp, off!(icsk_probes_out));
+    rec.write_seq = load(tp, off!(write_seq));
+    rec.snd_nxt = load(tp, off!(snd_nxt));
+    rec.snd_una = load(tp, off!(snd_una));
+    rec.snd_wnd = load(tp, off!(snd_wnd));
+    rec.wmem_queued = load(tp, off!(sk_wmem_queued));
+    rec.total_retrans = load(tp, off!(total_retrans));
+    // Whether the probes still hold the socket is part of what must not
+    // change for a quiet record to stay home: an entry the LRU evicted has
+    // to be noticed (and counted) to be put back.
+    if let Some(ev) = SOCKS.get_ptr(rec.sk) {
+        rec.events = unsafe { *ev };
+        rec.has_events = 1;
+    }
+}
+
+/// The rest of the record.
+#[inline(always)]
+fn rest(base: *const u8, tp: *const u8, rec: &mut SockRecord) {
+    let family: u16 = load(base, off!(skc_family));
     rec.family = family as u8;
     rec.sport = load(base, off!(skc_num));
     rec.dport = u16::from_be(load(base, off!(skc_dport)));
@@ -158,18 +202,17 @@ fn record(skc: *mut c_void, rec: &mut SockRecord) -> Option<*const u8> {
         rec.saddr[..4].copy_from_slice(&s);
         rec.daddr[..4].copy_from_slice(&d);
     }
-    // A TIME_WAIT socket is never read beyond its `sock_common` (the
-    // tcp_sock fields do not exist there). The helper also answers NULL
-    // for anything that is not a full TCP socket.
-    let tp = if state == tcp_state::TIME_WAIT {
-        core::ptr::null()
-    } else {
-        unsafe { bpf_skc_to_tcp_sock(skc) as *const u8 }
-    };
-    if !tp.is_null() {
-        full(tp, rec);
+    if tp.is_null() {
+        return;
     }
-    Some(tp)
+    rec.retransmits = load(tp, off!(icsk_retransmits));
+    rec.jiffies = unsafe { bpf_jiffies64() } as u32;
+    rec.rcv_tstamp = load(tp, off!(rcv_tstamp));
+    // Offset 0 marks a kernel without the field.
+    rec.probes_tstamp = if off!(icsk_probes_tstamp) != 0 { load(tp, off!(icsk_probes_tstamp)) } else { 0 };
+    rec.rto = load(tp, off!(icsk_rto));
+    rec.ktime_us = unsafe { bpf_ktime_get_ns() } / 1000;
+    rec.mstamp_us = load(tp, off!(tcp_mstamp));
 }
 
 /// Inode of the socket's file, 0 once no file holds it. Through the file
@@ -188,33 +231,4 @@ fn inode(tp: *const u8) -> u64 {
     }
     let inode: *const u8 = load(file, off!(file_inode));
     if inode.is_null() { 0 } else { load(inode, off!(inode_ino)) }
-}
-
-/// The fields of a full TCP socket (`tp` is its `struct tcp_sock *`; the
-/// offsets are from the start of `struct sock`, which is the same address),
-/// and what the probes recorded for it.
-#[inline(always)]
-fn full(tp: *const u8, rec: &mut SockRecord) {
-    rec.inode = inode(tp);
-    rec.pending = load(tp, off!(icsk_pending));
-    rec.backoff = load(tp, off!(icsk_backoff));
-    rec.retransmits = load(tp, off!(icsk_retransmits));
-    rec.probes_out = load(tp, off!(icsk_probes_out));
-    rec.write_seq = load(tp, off!(write_seq));
-    rec.snd_nxt = load(tp, off!(snd_nxt));
-    rec.snd_una = load(tp, off!(snd_una));
-    rec.snd_wnd = load(tp, off!(snd_wnd));
-    rec.wmem_queued = load(tp, off!(sk_wmem_queued));
-    rec.jiffies = unsafe { bpf_jiffies64() } as u32;
-    rec.rcv_tstamp = load(tp, off!(rcv_tstamp));
-    // Offset 0 marks a kernel without the field.
-    rec.probes_tstamp = if off!(icsk_probes_tstamp) != 0 { load(tp, off!(icsk_probes_tstamp)) } else { 0 };
-    rec.rto = load(tp, off!(icsk_rto));
-    rec.total_retrans = load(tp, off!(total_retrans));
-    rec.ktime_us = unsafe { bpf_ktime_get_ns() } / 1000;
-    rec.mstamp_us = load(tp, off!(tcp_mstamp));
-    if let Some(ev) = SOCKS.get_ptr(rec.sk) {
-        rec.events = unsafe { *ev };
-        rec.has_events = 1;
-    }
 }

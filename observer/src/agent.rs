@@ -171,6 +171,18 @@ impl Agent {
     ) -> Result<Self, ProbeError> {
         let (maps, tick) =
             if probes.sock_diag() { (None, diag::TICK_NS) } else { (Some(KernelMaps::take(&mut probes)?), jiffy_ns()) };
+        // Linked now, while the start-up privileges are still held.
+        let marked = match (&probes.sweeps, probes.ebpf.as_ref()) {
+            (Sweeps::Marked, Some(ebpf)) => match MarkedSweeps::attach(ebpf) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    warn!("marked-socket sweeps unavailable, every sweep walks all sockets: {e}");
+                    probes.sweeps = Sweeps::FullWalks { why: e.to_string() };
+                    None
+                }
+            },
+            _ => None,
+        };
         Ok(Agent {
             probes,
             maps,
@@ -193,7 +205,7 @@ impl Agent {
             ports: HashMap::new(),
             last_counters: HashMap::new(),
             last_drops: [0; drop_reason::COUNT as usize],
-            marked: None,
+            marked,
             since_walk: 0,
             last_hints: [0; marks::HINT_COUNT as usize],
         })
@@ -232,6 +244,9 @@ impl Agent {
         }
         let ebpf = self.probes.ebpf.as_mut().ok_or(iter::IterError::NotLoaded)?;
         iter::read_sockets(ebpf, None)?;
+        if let Some(marked) = self.marked.as_mut() {
+            marked.read()?;
+        }
         let Some(maps) = self.maps.as_mut() else {
             return Ok(());
         };
@@ -286,14 +301,8 @@ impl Agent {
         let mut targets: HashSet<u32> = scan.pids.iter().copied().collect();
 
         let t_scan = t0.elapsed();
-        let mut read = self.read_marked();
-        // A file-table read between walks is applied to the table; a socket
-        // it shows that the table lacks needs a walk to be seen.
-        if rescan && read.is_some() && self.table.reown(&scan.inode_owner) {
-            read = None;
-        }
         let mut full_scan = rescan;
-        let actions = match read {
+        let actions = match self.read_marked() {
             Some(m) => {
                 if !full_scan && self.table.needs_owner_scan(&m.records, &scan.inode_owner, &targets) {
                     scan = target::scan(&pids);
@@ -301,6 +310,8 @@ impl Agent {
                     self.since_full_scan = 0;
                     full_scan = true;
                 }
+                // A file-table read between walks is applied to the table; a
+                // socket it shows that the table lacks needs a walk to be seen.
                 if full_scan && self.table.reown(&scan.inode_owner) {
                     self.walk(&scan, &targets, full_scan)?
                 } else {
@@ -379,16 +390,7 @@ impl Agent {
     /// are available, every socket of the table carries one, and the probes
     /// saw nothing only a walk shows. None: walk.
     fn read_marked(&mut self) -> Option<Marked> {
-        if self.marked.is_none() && self.probes.sweeps == Sweeps::Marked {
-            let ebpf = self.probes.ebpf.as_ref()?;
-            match MarkedSweeps::attach(ebpf) {
-                Ok(m) => self.marked = Some(m),
-                Err(e) => {
-                    warn!("marked-socket sweeps unavailable, every sweep walks all sockets: {e}");
-                    self.probes.sweeps = Sweeps::FullWalks { why: e.to_string() };
-                }
-            }
-        }
+        self.marked.as_ref()?;
         let hinted = self.read_hints();
         let due = self.metrics.sweeps.get() == 0 || self.since_walk >= WALK_EVERY;
         if hinted || due || !self.unread_netns.is_empty() || !self.table.all_marked() {

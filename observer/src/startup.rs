@@ -53,6 +53,12 @@ pub fn start_agent(
             info!("    passed over {m}: {why}");
         }
     }
+    match &probes.sweeps {
+        loader::Sweeps::Marked => {
+            info!("sweeps: the marked sockets that changed, between full walks of the namespaces' TCP sockets")
+        }
+        loader::Sweeps::FullWalks { why } => info!("sweeps: every sweep walks all TCP sockets ({why})"),
+    }
     let mut agent = Agent::new(probes, selector, sweep.thresholds(), metrics, shared)?;
     agent.purge_stale_on_first_sweep = reused;
     if reused {

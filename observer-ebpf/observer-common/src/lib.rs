@@ -259,6 +259,7 @@ impl SockRecord {
             u64::from(self.snd_wnd),
             u64::from(self.total_retrans),
             u64::from(self.netns),
+            u64::from(self.has_events),
         ] {
             h = (h ^ v).wrapping_mul(0x0100_0000_01b3);
         }

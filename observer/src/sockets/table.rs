@@ -90,8 +90,9 @@ pub struct SocketTable {
     /// orphan stays its closer's after that process exits.
     known_owners: HashSet<u32>,
     /// Sockets with a file that no target held at the last full read of
-    /// the file tables (passed away, or accepted by another process).
-    disowned: HashSet<u64>,
+    /// the file tables (passed away, or accepted by another process), with
+    /// that file's inode.
+    disowned: HashMap<u64, u64>,
     /// What a previous observer knew (`--state-file`), taken at first sight.
     seeds: HashMap<u64, Seed>,
     /// Namespaces the next sweep could not read: their sockets stay as they were.
@@ -188,7 +189,7 @@ impl SocketTable {
                 && r.has_events != 0
                 && targets.contains(&r.events.owner_tgid)
                 && !inode_owner.contains_key(&r.inode)
-                && !self.disowned.contains(&r.sk)
+                && !self.disowned.contains_key(&r.sk)
         })
     }
 
@@ -278,7 +279,8 @@ impl SocketTable {
     /// longer theirs. True when the tables show a socket the table does not
     /// know (handed over, or missed): then only a full walk can tell.
     pub fn reown(&mut self, inode_owner: &HashMap<u64, u32>) -> bool {
-        self.disowned.clear();
+        // One a target holds again is not in the table: it counts as unknown below.
+        self.disowned.retain(|_, inode| !inode_owner.contains_key(inode));
         let mut known = HashSet::with_capacity(self.socks.len());
         let mut gone = Vec::new();
         for (sk, t) in self.socks.iter_mut().filter(|(_, t)| t.record.inode != 0) {
@@ -289,8 +291,9 @@ impl SocketTable {
             }
         }
         for sk in gone {
-            self.socks.remove(&sk);
-            self.disowned.insert(sk);
+            if let Some(t) = self.socks.remove(&sk) {
+                self.disowned.insert(sk, t.record.inode);
+            }
         }
         inode_owner.keys().any(|i| !known.contains(i) && !self.foreign_inodes.contains(i))
     }
@@ -330,11 +333,11 @@ impl SocketTable {
                 Some(&pid) => Some(pid),
                 None if full_scan => {
                     if from_events.is_some() || prev.is_some() {
-                        self.disowned.insert(rec.sk);
+                        self.disowned.insert(rec.sk, rec.inode);
                     }
                     None
                 }
-                None if self.disowned.contains(&rec.sk) => None,
+                None if self.disowned.contains_key(&rec.sk) => None,
                 None => from_events,
             }
         } else if rec.has_events != 0 && rec.events.flags & FLAG_APP_CLOSED != 0 {
@@ -609,6 +612,66 @@ mod tests {
         table.sweep(4 * SEC, &[], &owners(&[]), &HashSet::new(), true, &th());
         assert_eq!(table.len(), 0);
         assert!(table.known_owners().is_empty());
+    }
+
+    fn marked(sk: u64, inode: u64, state: u8) -> SockRecord {
+        SockRecord { marked: 1, ..rec(sk, inode, state) }
+    }
+
+    #[test]
+    fn a_marked_sweep_keeps_quiet_sockets_updates_those_that_crossed_and_drops_the_closed() {
+        let mut table = SocketTable::with_tick(TICK);
+        let targets = HashSet::from([100]);
+        let fds = owners(&[(11, 100), (22, 100), (33, 100)]);
+        let (a, b, c) = (
+            marked(1, 11, tcp_state::ESTABLISHED),
+            marked(2, 22, tcp_state::ESTABLISHED),
+            marked(3, 33, tcp_state::ESTABLISHED),
+        );
+        table.sweep(SEC, &[a, b, c], &fds, &targets, true, &th());
+        assert!(table.all_marked());
+        // 1 stays quiet (alive), 2 gets data stuck, its last ACK at 1 s;
+        // 3 closed without a trace.
+        let stuck = |t: u64| SockRecord {
+            snd_nxt: 1000,
+            write_seq: 1000,
+            retransmits: 3,
+            jiffies: 1000 + (t * SEC / TICK) as u32,
+            rcv_tstamp: 1000 + (SEC / TICK) as u32,
+            ..b
+        };
+        table.merge(2 * SEC, &[stuck(2)], &[1], &fds, &targets, &th());
+        assert_eq!(table.len(), 2, "the socket in neither list is gone");
+        let one = table.sockets().find(|t| t.record.sk == 1).map(|t| (t.progress_at, t.open_at));
+        assert_eq!(one, Some((2 * SEC, 2 * SEC)), "a quiet socket's clocks move on as if its record had crossed");
+        // The peer of 2 stays silent: dead once the record keeps crossing.
+        table.merge(5 * SEC, &[stuck(5)], &[1], &fds, &targets, &th());
+        assert_eq!(class_of(&table, 2), Some(Class::Healthy), "silent for 4 s");
+        table.merge(7 * SEC, &[stuck(7)], &[1], &fds, &targets, &th());
+        assert_eq!(class_of(&table, 2), Some(Class::Zombie(ZombieReason::DeadPeer)));
+        assert_eq!(class_of(&table, 1), Some(Class::Healthy));
+        // A TIME_WAIT socket (the listener's) carries no mark: only walks see it.
+        let tw = SockRecord { marked: 0, ..rec(4, 0, tcp_state::TIME_WAIT) };
+        let listener = marked(5, 55, tcp_state::LISTEN);
+        let fds = owners(&[(11, 100), (22, 100), (55, 100)]);
+        table.sweep(10 * SEC, &[a, stuck(10), listener, tw], &fds, &targets, true, &th());
+        assert_eq!(table.len(), 4);
+        assert!(!table.all_marked());
+    }
+
+    #[test]
+    fn file_tables_read_between_walks_reown_and_ask_for_a_walk_only_for_unknown_sockets() {
+        let mut table = SocketTable::with_tick(TICK);
+        let targets = HashSet::from([100, 200]);
+        let (a, b) = (marked(1, 11, tcp_state::ESTABLISHED), marked(2, 22, tcp_state::ESTABLISHED));
+        // Inode 99 is the target's unix socket: no TCP record shows it.
+        table.sweep(SEC, &[a, b], &owners(&[(11, 100), (22, 100), (99, 100)]), &targets, true, &th());
+        // 1 went to process 200 (fork, then the parent closed it), 2 to a
+        // process nobody watches: reowned and dropped, no walk needed.
+        assert!(!table.reown(&owners(&[(11, 200), (99, 100)])));
+        assert_eq!(table.sockets().map(|t| (t.record.sk, t.owner)).collect::<Vec<_>>(), vec![(1, 200)]);
+        // A socket handed over from outside (inode 55): only a walk shows it.
+        assert!(table.reown(&owners(&[(11, 200), (99, 100), (55, 100)])));
     }
 
     #[test]
