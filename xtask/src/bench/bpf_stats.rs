@@ -31,14 +31,43 @@ pub fn enable() -> Result<StatsOn> {
     Ok(StatsOn(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
 }
 
-/// Cumulative (run_time_ns, run_cnt) of `pid`'s programs whose name starts with `prefix`.
-pub fn prog_stats(pid: u32, prefix: &str) -> (u64, u64) {
+/// Cumulative run-time statistics of the programs a process holds whose
+/// name starts with a prefix, and which programs those were.
+#[derive(Debug, Clone, Default)]
+pub struct ProgTotals {
+    pub run_ns: u64,
+    pub runs: u64,
+    pub names: Vec<String>,
+}
+
+impl ProgTotals {
+    /// What ran between `earlier` and `self`.
+    pub fn since(&self, earlier: &ProgTotals) -> ProgTotals {
+        ProgTotals {
+            run_ns: self.run_ns.saturating_sub(earlier.run_ns),
+            runs: self.runs.saturating_sub(earlier.runs),
+            names: self.names.clone(),
+        }
+    }
+
+    /// Mean run time per call; None when nothing ran (or no such program).
+    pub fn ns_per_run(&self) -> Option<f64> {
+        (self.runs > 0).then(|| self.run_ns as f64 / self.runs as f64)
+    }
+}
+
+/// Cumulative statistics of `pid`'s programs whose name starts with `prefix`.
+pub fn prog_stats(pid: u32, prefix: &str) -> ProgTotals {
     let names = jit_names();
-    procfs::bpf_fds(pid)
-        .into_iter()
-        .filter(|p| p.is_prog())
-        .filter(|p| names.get(p.get("prog_tag")).is_some_and(|n| n.starts_with(prefix)))
-        .fold((0, 0), |(t, c), p| (t + p.num("run_time_ns"), c + p.num("run_cnt")))
+    let mut totals = ProgTotals::default();
+    for p in procfs::bpf_fds(pid).into_iter().filter(|p| p.is_prog()) {
+        let Some(name) = names.get(p.get("prog_tag")).filter(|n| n.starts_with(prefix)) else { continue };
+        totals.run_ns += p.num("run_time_ns");
+        totals.runs += p.num("run_cnt");
+        totals.names.push(name.clone());
+    }
+    totals.names.sort();
+    totals
 }
 
 /// Program tag -> name, from `bpf_prog_<tag>_<name>` symbols of JIT-ed programs.
