@@ -37,6 +37,9 @@ pub fn enable() -> Result<StatsOn> {
 pub struct ProgTotals {
     pub run_ns: u64,
     pub runs: u64,
+    /// Calls the kernel skipped because a program of the same kind was
+    /// already running on that CPU (`recursion_misses`): not in `runs`.
+    pub misses: u64,
     pub names: Vec<String>,
 }
 
@@ -46,6 +49,7 @@ impl ProgTotals {
         ProgTotals {
             run_ns: self.run_ns.saturating_sub(earlier.run_ns),
             runs: self.runs.saturating_sub(earlier.runs),
+            misses: self.misses.saturating_sub(earlier.misses),
             names: self.names.clone(),
         }
     }
@@ -57,13 +61,15 @@ impl ProgTotals {
 }
 
 /// Cumulative statistics of `pid`'s programs whose name starts with `prefix`.
-pub fn prog_stats(pid: u32, prefix: &str) -> ProgTotals {
-    let names = jit_names();
+/// `names` is read once before a window: reading /proc/kallsyms takes tens
+/// of milliseconds, which would skew a window bracketed by these reads.
+pub fn prog_stats(names: &JitNames, pid: u32, prefix: &str) -> ProgTotals {
     let mut totals = ProgTotals::default();
     for p in procfs::bpf_fds(pid).into_iter().filter(|p| p.is_prog()) {
-        let Some(name) = names.get(p.get("prog_tag")).filter(|n| n.starts_with(prefix)) else { continue };
+        let Some(name) = names.0.get(p.get("prog_tag")).filter(|n| n.starts_with(prefix)) else { continue };
         totals.run_ns += p.num("run_time_ns");
         totals.runs += p.num("run_cnt");
+        totals.misses += p.num("recursion_misses");
         totals.names.push(name.clone());
     }
     totals.names.sort();
@@ -71,11 +77,16 @@ pub fn prog_stats(pid: u32, prefix: &str) -> ProgTotals {
 }
 
 /// Program tag -> name, from `bpf_prog_<tag>_<name>` symbols of JIT-ed programs.
-fn jit_names() -> HashMap<String, String> {
+pub struct JitNames(HashMap<String, String>);
+
+/// The names of the programs loaded now (load the programs first).
+pub fn jit_names() -> JitNames {
     let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.split_whitespace().nth(2)?.strip_prefix("bpf_prog_"))
-        .filter_map(|s| s.split_once('_'))
-        .map(|(tag, name)| (tag.to_string(), name.to_string()))
-        .collect()
+    JitNames(
+        text.lines()
+            .filter_map(|l| l.split_whitespace().nth(2)?.strip_prefix("bpf_prog_"))
+            .filter_map(|s| s.split_once('_'))
+            .map(|(tag, name)| (tag.to_string(), name.to_string()))
+            .collect(),
+    )
 }

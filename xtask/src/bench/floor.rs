@@ -41,8 +41,8 @@ impl Floor {
     }
 
     /// Cumulative kernel run-time statistics of the floor program.
-    pub fn stats(&self) -> bpf_stats::ProgTotals {
-        bpf_stats::prog_stats(std::process::id(), NAME_PREFIX)
+    pub fn stats(&self, names: &bpf_stats::JitNames) -> bpf_stats::ProgTotals {
+        bpf_stats::prog_stats(names, std::process::id(), NAME_PREFIX)
     }
 }
 

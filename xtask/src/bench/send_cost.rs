@@ -47,8 +47,15 @@ pub struct CostWindow {
 }
 
 fn window(sender: &mut Child, observer: u32, floor: Option<&Floor>, length: Duration) -> Result<CostWindow> {
-    let read =
-        || (bpf_stats::prog_stats(observer, SEND), floor.map(Floor::stats), bpf_stats::prog_stats(observer, TIMER));
+    let names = bpf_stats::jit_names();
+    // Only fdinfo reads between the sender's snapshots: the windows match.
+    let read = || {
+        (
+            bpf_stats::prog_stats(&names, observer, SEND),
+            floor.map(|f| f.stats(&names)),
+            bpf_stats::prog_stats(&names, observer, TIMER),
+        )
+    };
     let (t0, s0, _) = snap(sender)?;
     let (send0, floor0, timer0) = read();
     pause(length)?;
@@ -136,7 +143,8 @@ impl Costs {
             .verdict(upper(per_run, limit, "ns"))
     }
 
-    fn timer_row(&self, figure: &str, w: &CostWindow) -> Row {
+    /// `floor_of`: the window whose floor to show (idle has no sends, so no floor of its own).
+    fn timer_row(&self, figure: &str, w: &CostWindow, floor_of: &CostWindow) -> Row {
         let per_s = w.timer.runs as f64 / w.secs.max(1e-9);
         let measured = match w.timer.ns_per_run() {
             Some(n) => {
@@ -144,12 +152,12 @@ impl Costs {
             }
             None => format!("n/a (no program named {TIMER}* ran)"),
         };
-        let floor = w.floor.as_ref().and_then(ProgTotals::ns_per_run);
+        let floor = floor_of.floor.as_ref().and_then(ProgTotals::ns_per_run);
         let ratio = match (w.timer.ns_per_run(), floor) {
             (Some(t), Some(f)) => format!("{:.1}× floor", t / f),
             _ => "—".into(),
         };
-        Row::new(figure, "measured (no target)", measured).baseline(self.floor_text(w), ratio)
+        Row::new(figure, "measured (no target)", measured).baseline(self.floor_text(floor_of), ratio)
     }
 
     /// Rows and details; `cpu_per_send` is the workload's CPU per 64 B send
@@ -177,26 +185,39 @@ impl Costs {
             &self.unwatched,
             TARGET_UNWATCHED_NS,
         ));
-        let timer_name = self.watched.get("small").map(|w| w.timer.names.join(", ")).unwrap_or_default();
-        if let Some(w) = self.watched.get("small") {
-            s.rows.push(self.timer_row(&format!("Timer program ({timer_name}), during 64 B sends"), w));
-        }
-        s.rows.push(self.timer_row(&format!("Timer program ({timer_name}), sender idle"), &self.idle));
+        let small = self.watched.get("small").unwrap_or(&self.unwatched);
+        let timer_name = small.timer.names.join(", ");
+        s.rows.push(self.timer_row(&format!("Timer program ({timer_name}), during 64 B sends"), small, small));
+        s.rows.push(self.timer_row(&format!("Timer program ({timer_name}), sender idle"), &self.idle, small));
 
         for (mode, w) in &self.watched {
             s.details.push(format!(
                 "{mode} mode, kernel run-time statistics: send program ({}) ran {} times for {} sends ({:.2} runs per \
-                 send), {} per run; floor {}; timer program {} calls, {} per call",
+                 send; {} calls skipped as recursion), {} per run; floor ran {} times, {} per run; timer program {} \
+                 calls, {} per call",
                 w.send.names.join(", "),
                 w.send.runs,
                 w.sends,
                 w.send.runs as f64 / w.sends.max(1) as f64,
+                w.send.misses,
                 ns(w.send.ns_per_run()),
+                w.floor.as_ref().map_or(0, |f| f.runs),
                 ns(w.floor.as_ref().and_then(ProgTotals::ns_per_run)),
                 w.timer.runs,
                 ns(w.timer.ns_per_run()),
             ));
         }
+        let u = &self.unwatched;
+        s.details.push(format!(
+            "unwatched, 64 B mode: send program ran {} times for {} sends ({} skipped as recursion), {} per run; floor \
+             ran {} times, {} per run",
+            u.send.runs,
+            u.sends,
+            u.send.misses,
+            ns(u.send.ns_per_run()),
+            u.floor.as_ref().map_or(0, |f| f.runs),
+            ns(u.floor.as_ref().and_then(ProgTotals::ns_per_run)),
+        ));
         s.details.push(format!(
             "the floor is `bench_floor_send` (an empty tp_btf program on `sock_send_length` in the observer's own \
              object), attached by the benchmark next to the observer's send program and timed on the same calls: it \
@@ -204,10 +225,13 @@ impl Costs {
              above the floor is the observer's own work; the targets apply to the raw figure{}",
             self.floor_error.as_ref().map_or(String::new(), |e| format!(" (not attached in this run: {e})"))
         ));
-        s.details.push(
-            "the timer program sees every kernel timer that expires on the machine (tp_btf `timer_expire_entry`), \
-             not only the target's: its calls per second are the whole machine's timer rate"
-                .into(),
-        );
+        if small.timer.names.iter().any(|n| n.contains("tp_btf")) {
+            s.details.push(
+                "the timer program is attached as tp_btf `timer_expire_entry` here, which sees every kernel timer that \
+                 expires on the machine, not only the target's: its calls per second are the whole machine's timer \
+                 rate, and its cost per call is paid for each"
+                    .into(),
+            );
+        }
     }
 }

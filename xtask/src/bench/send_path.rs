@@ -221,11 +221,11 @@ fn report(plan: &Plan, windows: &BTreeMap<(&str, bool), Vec<Window>>, costs: &se
         t
     });
     s.details.push(format!(
-        "agent CPU over all observed windows: {:.2}% of one core ({} rounds × {} modes × {:.0} s, sweep interval 1 s)",
+        "agent CPU over all observed windows: {:.2}% of one core ({} rounds × {} modes × {} s, sweep interval 1 s)",
         all_with.observer_cpu_ns as f64 / (all_with.secs * 1e9) * 100.0,
         plan.send_rounds,
         MODES.len(),
-        plan.send_window.as_secs_f64()
+        fmt_num(plan.send_window.as_secs_f64())
     ));
     s.details.push(
         "each round runs every mode alone and observed, in ABBA order; the observer is started and stopped \
