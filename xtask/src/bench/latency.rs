@@ -136,7 +136,7 @@ struct Poll {
     dead: f64,
 }
 
-/// One cut-off: the nft rule came in force between `begun` and `done`.
+/// One cut-off: nft ran from `begun` to `done`; its rule came in force at the end.
 struct Cut {
     begun: Instant,
     done: Instant,
@@ -156,7 +156,7 @@ fn cut_off(cli: &str, ports: &[String], stagger: Duration) -> Result<Vec<Cut>> {
                 "add rule inet {TABLE} output tcp sport {p} drop\nadd rule inet {TABLE} input tcp dport {p} drop\n"
             ),
         )?;
-        // The kernel applied the rule somewhere while nft ran.
+        // nft commits the rule in one batch just before it exits.
         cut_at.push(Cut { begun, done: Instant::now() });
     }
     Ok(cut_at)
@@ -175,10 +175,11 @@ fn midpoint(a: Instant, b: Instant) -> Instant {
 ///
 /// Unbiased: the count rose after the last poll that did not show it was
 /// rendered (no earlier than that poll was sent) and before the first poll
-/// that did was answered; the cut came in force while nft ran. The estimate
-/// is the distance between the midpoints of those two intervals; the upper
-/// bound, from the start of nft to the answer that showed the count, can
-/// only overstate.
+/// that did was answered; the estimate is the midpoint of that interval. The
+/// cut came in force when nft committed its one netlink batch, at the end of
+/// its run (start-up, parsing and the ruleset cache come first), so it is
+/// dated by nft's return, late only by its exit. The upper bound, from the
+/// start of nft to the answer that showed the count, can only overstate.
 fn latencies(cut_at: &[Cut], samples: &[Poll]) -> Vec<(f64, f64)> {
     let mut out = Vec::new();
     for (k, cut) in cut_at.iter().enumerate() {
@@ -186,9 +187,8 @@ fn latencies(cut_at: &[Cut], samples: &[Poll]) -> Vec<(f64, f64)> {
         let seen = &samples[i];
         let not_yet = if i > 0 { samples[i - 1].sent.max(cut.begun) } else { cut.begun };
         let detected = midpoint(not_yet, seen.answered);
-        let cut_mid = midpoint(cut.begun, cut.done);
         out.push((
-            detected.saturating_duration_since(cut_mid).as_secs_f64(),
+            detected.saturating_duration_since(cut.done).as_secs_f64(),
             seen.answered.saturating_duration_since(cut.begun).as_secs_f64(),
         ));
     }
@@ -234,11 +234,11 @@ fn report(plan: &Plan, cut_at: &[Cut], samples: &[Poll]) -> Section {
         POLL.as_millis()
     ));
     s.details.push(format!(
-        "each latency runs from the middle of the nft run that cut the peer off (median {:.1} ms) to the middle of the \
-         interval in which the count rose (from sending the last poll that did not show it to the answer of the first \
-         that did: one poll period and two scrapes, a scrape taking {:.1} ms at the median); both ends are taken the same way, so the estimate \
-         is unbiased to ± half a poll; the upper bound runs from the start of nft to that answer and can only \
-         overstate. The k-th peer cut is paired with the k-th count, valid as the cuts ({:.0} ms apart) are further \
+        "each latency runs from the return of the nft run that cut the peer off (nft commits its rules in one \
+         netlink batch at the end of its run, which took {:.1} ms at the median) to the middle of the interval in \
+         which the count rose (from sending the last poll that did not show it to the answer of the first that did: \
+         one poll period and two scrapes, a scrape taking {:.1} ms at the median), so it is unbiased to ± half that \
+         interval; the upper bound runs from the start of nft to that answer and can only overstate. The k-th peer cut is paired with the k-th count, valid as the cuts ({:.0} ms apart) are further \
          apart than the server's send interval (100 ms)",
         stats::median(&nft_ms),
         stats::median(&poll_ms),

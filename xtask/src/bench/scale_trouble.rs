@@ -100,14 +100,16 @@ fn write(server: &mut Child, group: usize, bytes: usize) -> Result<u64> {
     reply.strip_prefix("WROTE ").and_then(|t| t.parse().ok()).with_context(|| format!("write: {reply}"))
 }
 
-/// Drops every packet from or to the given peers (`ip:port`), in `ns`:
-/// on loopback both directions pass the output hook.
+/// Drops every packet from or to the given peers (`ip:port`), in `ns`, on
+/// the input hook: on loopback both directions pass it. Not on output: a
+/// packet dropped there fails the sender's transmit, so TCP keeps the data
+/// as not sent (and probes) instead of retransmitting unacknowledged data.
 fn cut_off(ns: &str, peers: &[String]) -> Result<()> {
     netns::nft(
         ns,
         &format!(
             "table inet {TABLE} {{\n set gone {{ type ipv4_addr . inet_service; }}\n \
-             chain output {{ type filter hook output priority 0; policy accept;\n  \
+             chain input {{ type filter hook input priority 0; policy accept;\n  \
              ip saddr . tcp sport @gone drop\n  ip daddr . tcp dport @gone drop\n }}\n}}\n"
         ),
     )?;
