@@ -58,7 +58,7 @@ fn embedded_object(paths: &Paths) -> Result<PathBuf> {
         .map(|e| e.path().join("out/observer"))
         .filter_map(|p| Some((p.metadata().ok()?.modified().ok()?, p)))
         .collect();
-    candidates.sort_by(|a, b| b.0.cmp(&a.0));
+    candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
     let binary = std::fs::read(&paths.observer).with_context(|| format!("reading {}", paths.observer.display()))?;
     for (_, path) in &candidates {
         if embedded_in(&binary, path) {

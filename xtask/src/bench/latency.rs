@@ -250,3 +250,26 @@ fn report(plan: &Plan, cut_at: &[Cut], samples: &[Poll]) -> Section {
     ));
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_runs_from_the_cut_to_the_middle_of_the_poll_gap() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let cut = Cut { begun: at(0), done: at(10) };
+        // Polls sent every 30 ms, answered 2 ms later; the count rises between
+        // the poll sent at 6010 ms and the one answered at 6042 ms.
+        let polls: Vec<Poll> = (0..300)
+            .map(|i| Poll { sent: at(10 + 30 * i), answered: at(12 + 30 * i), dead: if i >= 201 { 1.0 } else { 0.0 } })
+            .collect();
+        let got = latencies(&[cut], &polls);
+        let (estimate, upper) = got[0];
+        // Not yet: sent at 6010; seen: answered at 6042; midpoint 6026, minus the cut at 10.
+        assert!((estimate - 6.016).abs() < 1e-6, "{estimate}");
+        assert!((upper - 6.042).abs() < 1e-6, "{upper}");
+        assert!(latencies(&[Cut { begun: at(0), done: at(1) }], &polls[..100]).is_empty());
+    }
+}
