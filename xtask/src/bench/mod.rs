@@ -38,7 +38,7 @@ use report::{Report, Row, Section, Verdict};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// About one minute: short windows, fewer socket levels, a 10 s storm.
+    /// About two minutes: short windows, socket levels up to 10k, a 10 s storm.
     /// Results go to target/bench/, not BENCHMARKS.md.
     #[arg(long)]
     quick: bool,

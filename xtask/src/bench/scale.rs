@@ -30,7 +30,9 @@ use super::{
     plot::ScalePoint,
     procfs,
     report::Section,
-    scale_report, scale_trouble, stats,
+    scale_report,
+    scale_trouble::{self, Made},
+    stats,
 };
 
 pub const TARGET_MS: f64 = 50.0;
@@ -241,17 +243,12 @@ pub fn run(paths: &Paths, plan: &Plan, points: &mut Vec<ScalePoint>) -> Result<S
     let ports: Vec<u16> = pairs.iter().map(|p| p.port).collect();
     let ss_p = ss(&ns, &ports, "p").ok();
     // Last, as it cannot be undone: the same sockets with a share in trouble.
+    // A failure here costs only its own rows, not the levels measured above.
     let mut troubled = None;
     if let (Some(&level), true) = (plan.scale_levels.last(), plan.scale_trouble_share > 0.0) {
-        let mut servers: Vec<(&mut Child, usize)> = pairs.iter_mut().map(|p| (&mut p.server, p.held)).collect();
-        let made = scale_trouble::make(&ns, &mut servers, plan.scale_trouble_share, &obs)?;
-        eprintln!(
-            "bench:   {} vanished and {} non-reading peers; counted {} dead_peer, {} zero_window after {:.1} s",
-            made.vanished, made.slow, made.counted_dead, made.counted_zero_window, made.secs_to_count
-        );
-        let l = measure(&obs, &ns, &pairs, level, plan.scale_sweeps)?;
-        eprintln!("bench:   sweep {:.1} ms with them", stats::median(&l.sweep_ms));
-        troubled = Some((made, l));
+        let result = troubled_variant(&obs, &ns, &mut pairs, level, plan);
+        interrupted()?;
+        troubled = Some(result.map_err(|e| format!("{e:#}")));
     }
     drop(obs);
     drop(pairs);
@@ -267,4 +264,31 @@ pub fn run(paths: &Paths, plan: &Plan, points: &mut Vec<ScalePoint>) -> Result<S
         });
     }
     Ok(scale_report::report(&levels, ss_p, troubled.as_ref()))
+}
+
+/// Puts a share of the held sockets in trouble, waits for the observer to
+/// count them, and measures the level again.
+fn troubled_variant(obs: &Observer, ns: &str, pairs: &mut [Pair], level: usize, plan: &Plan) -> Result<(Made, Level)> {
+    let mut servers: Vec<(&mut Child, usize)> = pairs.iter_mut().map(|p| (&mut p.server, p.held)).collect();
+    let made = scale_trouble::make(ns, &mut servers, plan.scale_trouble_share, obs)?;
+    eprintln!(
+        "bench:   {} vanished and {} non-reading peers; counted {} dead_peer, {} zero_window after {:.1} s",
+        made.vanished, made.slow, made.counted_dead, made.counted_zero_window, made.secs_to_count
+    );
+    let l = measure(obs, ns, pairs, level, plan.scale_sweeps)?;
+    eprintln!("bench:   sweep {:.1} ms with them", stats::median(&l.sweep_ms));
+    Ok((made, l))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_sweep_reads_are_absent_or_averaged() {
+        let m0 = Metrics::parse("observer_sweep_records_read_total 100\n");
+        let m1 = Metrics::parse("observer_sweep_records_read_total 400\n");
+        assert_eq!(per_sweep(&m0, &m1, RECORDS_READ, 3.0), Some(100.0));
+        assert_eq!(per_sweep(&m0, &m1, BYTES_READ, 3.0), None);
+    }
 }

@@ -33,7 +33,12 @@ fn crossing(l: &Level) -> String {
     }
 }
 
-pub fn report(levels: &[Level], ss_p: Option<(f64, usize)>, troubled: Option<&(Made, Level)>) -> Section {
+/// `troubled`: the troubled variant's outcome, or why it failed; None when not run.
+pub fn report(
+    levels: &[Level],
+    ss_p: Option<(f64, usize)>,
+    troubled: Option<&Result<(Made, Level), String>>,
+) -> Section {
     let mut s = Section::default();
     let (Some(base), Some(top)) = (levels.first(), levels.last()) else { return s };
     let n = k(top.sockets);
@@ -118,8 +123,13 @@ pub fn report(levels: &[Level], ss_p: Option<(f64, usize)>, troubled: Option<&(M
         Row::new(format!("Read from the kernel per sweep, {n} healthy target sockets"), "measured", crossing(top))
             .baseline(format!("{} with no target sockets", crossing(base)), "—"),
     );
-    if let Some((made, l)) = troubled {
-        trouble_rows(&mut s, made, l, top);
+    match troubled {
+        Some(Ok((made, l))) => trouble_rows(&mut s, made, l, top),
+        Some(Err(e)) => s.rows.push(
+            Row::new(format!("Troubled variant, {n} target sockets"), "runs", format!("failed: {e}"))
+                .verdict(Verdict::Missed("did not run".into())),
+        ),
+        None => {}
     }
     details(&mut s, levels, ss_p, sweep);
     s
