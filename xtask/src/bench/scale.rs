@@ -40,7 +40,7 @@ pub const TARGET_RSS_MB: f64 = 64.0;
 /// What crosses from the kernel to the agent per sweep (added with the
 /// incremental data path; absent from older builds).
 pub const RECORDS_READ: &str = "observer_sweep_records_read_total";
-pub const BYTES_READ: &str = "observer_sweep_bytes_read_total";
+pub const BYTES_READ: &str = "observer_sweep_read_bytes_total";
 const COMM: &str = "obsb-hold";
 const SCRAPES: usize = 10;
 const SS_RUNS: usize = 3;
