@@ -220,6 +220,21 @@ pub mod tcp_state {
     pub const NEW_SYN_RECV: u8 = 12;
 }
 
+/// Names the agent finds the kernel objects by. They are the symbols of
+/// `observer-ebpf` (a program is its function, a map its static), which
+/// attribute macros cannot take from a constant: renaming one there means
+/// renaming it here.
+pub mod names {
+    /// The `iter/tcp` program that reads every socket of a namespace.
+    pub const ITER_PROGRAM: &str = "observer_sockets";
+    pub const TARGET_TGIDS: &str = "TARGET_TGIDS";
+    pub const TARGET_PORTS: &str = "TARGET_PORTS";
+    pub const SOCKS: &str = "SOCKS";
+    pub const CLOCKS: &str = "CLOCKS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const DROPS: &str = "DROPS";
+}
+
 /// Key of the map of listening ports the target owns, so that a connection
 /// accepted in softirq context can be attributed to it before `accept()`.
 #[repr(C)]

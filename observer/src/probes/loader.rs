@@ -20,8 +20,6 @@ use super::{
 /// The object built by `build.rs` from `observer-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
-pub const ITER_PROGRAM: &str = "observer_sockets";
-
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub btf_path: PathBuf,
