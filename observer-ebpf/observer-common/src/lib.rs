@@ -218,6 +218,35 @@ pub mod tcp_state {
     pub const LISTEN: u8 = 10;
     pub const CLOSING: u8 = 11;
     pub const NEW_SYN_RECV: u8 = 12;
+
+    /// The names the agent shows (metrics labels, `/sockets`, `top`), by
+    /// state number; NEW_SYN_RECV is a request, never a socket it shows.
+    pub const NAMES: [(u8, &str); 11] = [
+        (ESTABLISHED, "established"),
+        (SYN_SENT, "syn_sent"),
+        (SYN_RECV, "syn_recv"),
+        (FIN_WAIT1, "fin_wait1"),
+        (FIN_WAIT2, "fin_wait2"),
+        (TIME_WAIT, "time_wait"),
+        (CLOSE, "close"),
+        (CLOSE_WAIT, "close_wait"),
+        (LAST_ACK, "last_ack"),
+        (LISTEN, "listen"),
+        (CLOSING, "closing"),
+    ];
+
+    pub fn name(state: u8) -> &'static str {
+        let mut i = 0;
+        // A loop, not an iterator chain: this crate also builds for the
+        // kernel programs, where only plain code is welcome.
+        while i < NAMES.len() {
+            if NAMES[i].0 == state {
+                return NAMES[i].1;
+            }
+            i += 1;
+        }
+        "unknown"
+    }
 }
 
 /// Names the agent finds the kernel objects by. They are the symbols of
