@@ -236,16 +236,7 @@ pub mod tcp_state {
     ];
 
     pub fn name(state: u8) -> &'static str {
-        let mut i = 0;
-        // A loop, not an iterator chain: this crate also builds for the
-        // kernel programs, where only plain code is welcome.
-        while i < NAMES.len() {
-            if NAMES[i].0 == state {
-                return NAMES[i].1;
-            }
-            i += 1;
-        }
-        "unknown"
+        NAMES.iter().find(|(n, _)| *n == state).map_or("unknown", |(_, s)| s)
     }
 }
 
