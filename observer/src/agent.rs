@@ -13,13 +13,18 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
 use log::{debug, warn};
-use observer_common::{AgentClocks, PortKey, ProcCounters, SockEvents, SockRecord, drop_reason, marks};
+use observer_common::{AgentClocks, PortKey, ProcCounters, SockEvents, SockRecord, drop_reason, marks, names};
 
 use crate::{
     classify::Thresholds,
+    clock::{jiffy_ns, monotonic_ns},
     metrics::{self, Metrics},
-    probes::loader::Sweeps,
-    probes::{errors::ProbeError, loader::Probes},
+    netns,
+    probes::{
+        errors::ProbeError,
+        loader::{Probes, Sweeps},
+    },
+    proc,
     sockets::{
         diag, iter, listing,
         marked::{Marked, MarkedSweeps},
@@ -50,13 +55,13 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 impl KernelMaps {
     pub fn take(probes: &mut Probes) -> Result<Self, ProbeError> {
         Ok(KernelMaps {
-            tgids: take(probes, "TARGET_TGIDS")?,
-            ports: take(probes, "TARGET_PORTS")?,
-            socks: take(probes, "SOCKS")?,
-            clocks: take(probes, "CLOCKS")?,
-            counters: take(probes, "COUNTERS")?,
-            drops: take(probes, "DROPS")?,
-            hints: take(probes, "HINTS")?,
+            tgids: take(probes, names::TARGET_TGIDS)?,
+            ports: take(probes, names::TARGET_PORTS)?,
+            socks: take(probes, names::SOCKS)?,
+            clocks: take(probes, names::CLOCKS)?,
+            counters: take(probes, names::COUNTERS)?,
+            drops: take(probes, names::DROPS)?,
+            hints: take(probes, names::HINTS)?,
         })
     }
 }
@@ -123,21 +128,6 @@ pub enum SweepError {
     Map { op: &'static str, reason: String },
 }
 
-/// Kernel memory of the BPF maps this process holds, from its own fdinfo
-/// (`memlock:` of every fd that is a map).
-pub fn own_map_memory() -> u64 {
-    let Ok(fds) = std::fs::read_dir("/proc/self/fdinfo") else {
-        return 0;
-    };
-    fds.flatten()
-        .filter_map(|fd| std::fs::read_to_string(fd.path()).ok())
-        .filter(|info| info.contains("map_type:"))
-        .filter_map(|info| {
-            info.lines().find_map(|l| l.strip_prefix("memlock:")).and_then(|v| v.trim().parse::<u64>().ok())
-        })
-        .sum()
-}
-
 /// Sweeps between full reads of the targets' `/proc/PID/fd`.
 const FULL_SCAN_EVERY: u32 = 10;
 
@@ -145,23 +135,6 @@ const FULL_SCAN_EVERY: u32 = 10;
 /// sweeps stand in: the walk also takes the TIME_WAIT sockets into account
 /// and catches whatever no mark or hint announced.
 const WALK_EVERY: u32 = 60;
-
-/// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid pointer to a timespec; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Length of a kernel tick (jiffy) in ns: the resolution of the coarse
-/// clock is exactly one tick, which spares guessing CONFIG_HZ.
-pub fn jiffy_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: valid pointer; an unsupported clock leaves ts zeroed -> 0 (unknown).
-    unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
 
 impl Agent {
     pub fn new(
@@ -203,7 +176,7 @@ impl Agent {
             scan: None,
             since_full_scan: 0,
             table: SocketTable::with_tick(tick),
-            own_netns: target::own_netns(),
+            own_netns: netns::own_inode().ok(),
             tgids: HashSet::new(),
             ports: HashMap::new(),
             last_counters: HashMap::new(),
@@ -265,7 +238,7 @@ impl Agent {
     /// Whether any target lives in another network namespace than ours.
     pub fn needs_setns(&self) -> bool {
         let pids = self.shared.pids.lock().map(|p| p.clone()).unwrap_or_default();
-        pids.iter().any(|&p| target::procfs::netns_inode(p).ok() != self.own_netns)
+        pids.iter().any(|&p| netns::inode_of(p).ok() != self.own_netns)
     }
 
     /// Whether kernel events are observed (the probes are attached), so
@@ -384,7 +357,7 @@ impl Agent {
         self.metrics.target_up.set(i64::from(!scan.pids.is_empty()));
         self.metrics.target_processes.set(scan.pids.len() as i64);
         if rescan {
-            self.metrics.kernel_map.set(own_map_memory() as i64);
+            self.metrics.kernel_map.set(proc::own_map_memory() as i64);
         }
         *self.shared.pids.lock().unwrap_or_else(|p| p.into_inner()) = scan.pids.clone();
         self.scan = Some(scan);
@@ -554,7 +527,7 @@ impl Agent {
             if Some(ns) != self.own_netns
                 && let Some(pid) = pid
             {
-                match target::open_netns(pid) {
+                match netns::open(pid) {
                     Ok(f) => {
                         self.netns_files.insert(ns, f);
                     }

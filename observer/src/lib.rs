@@ -5,12 +5,15 @@
 pub mod agent;
 pub mod classify;
 pub mod cli;
+pub mod clock;
 pub mod http;
 pub mod metrics;
+pub mod netns;
 #[cfg(test)]
 mod parsers_fuzz;
 pub mod privileges;
 pub mod probes;
+pub mod proc;
 pub mod sockets;
 pub mod startup;
 pub mod target;

@@ -78,7 +78,7 @@ fn run(args: RunArgs) -> Result<()> {
     agent.max_pids = args.max_pids as usize;
     // Registered once the mode is known: without probes the event counters
     // are left out rather than shown as zeros.
-    let pss = target::procfs::smaps_rollup_supported();
+    let pss = observer::proc::smaps_rollup_supported();
     if !pss {
         warn!("this kernel has no /proc/PID/smaps_rollup (Linux 4.14+): observer_target_pss_bytes is not exported");
     }

@@ -12,6 +12,8 @@ use prometheus_client::{
     registry::{Registry, Unit},
 };
 
+use observer_common::tcp_state;
+
 use crate::{
     classify::{StallReason, ZombieReason},
     sockets::table::Summary,
@@ -54,25 +56,6 @@ pub struct PerPid {
 pub struct ProbeLabel {
     pub hook: &'static str,
     pub method: &'static str,
-}
-
-/// TCP state names as exported, indexed by the kernel's state number.
-pub const STATES: [(u8, &str); 11] = [
-    (1, "established"),
-    (2, "syn_sent"),
-    (3, "syn_recv"),
-    (4, "fin_wait1"),
-    (5, "fin_wait2"),
-    (6, "time_wait"),
-    (7, "close"),
-    (8, "close_wait"),
-    (9, "last_ack"),
-    (10, "listen"),
-    (11, "closing"),
-];
-
-pub fn state_name(state: u8) -> &'static str {
-    STATES.iter().find(|(n, _)| *n == state).map_or("unknown", |(_, s)| s)
 }
 
 /// Event counters the kernel keeps per process, as exported.
@@ -296,7 +279,7 @@ impl Metrics {
         }
         // Every label value exists from the start, so alerts and dashboards
         // see a 0 rather than no series.
-        for (_, s) in STATES {
+        for (_, s) in tcp_state::NAMES {
             let _ = self.tcp_sockets.get_or_create(&StateLabel { state: s });
         }
         for r in ZombieReason::ALL {
@@ -315,7 +298,7 @@ impl Metrics {
 
     /// Publishes one sweep's summary.
     pub fn publish(&self, s: &Summary) {
-        for (n, name) in STATES {
+        for (n, name) in tcp_state::NAMES {
             let v = s.by_state.get(&n).copied().unwrap_or(0);
             self.tcp_sockets.get_or_create(&StateLabel { state: name }).set(v as i64);
         }

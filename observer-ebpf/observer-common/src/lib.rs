@@ -288,6 +288,45 @@ pub mod tcp_state {
     pub const LISTEN: u8 = 10;
     pub const CLOSING: u8 = 11;
     pub const NEW_SYN_RECV: u8 = 12;
+
+    /// The names the agent shows (metrics labels, `/sockets`, `top`), by
+    /// state number; NEW_SYN_RECV is a request, never a socket it shows.
+    pub const NAMES: [(u8, &str); 11] = [
+        (ESTABLISHED, "established"),
+        (SYN_SENT, "syn_sent"),
+        (SYN_RECV, "syn_recv"),
+        (FIN_WAIT1, "fin_wait1"),
+        (FIN_WAIT2, "fin_wait2"),
+        (TIME_WAIT, "time_wait"),
+        (CLOSE, "close"),
+        (CLOSE_WAIT, "close_wait"),
+        (LAST_ACK, "last_ack"),
+        (LISTEN, "listen"),
+        (CLOSING, "closing"),
+    ];
+
+    pub fn name(state: u8) -> &'static str {
+        NAMES.iter().find(|(n, _)| *n == state).map_or("unknown", |(_, s)| s)
+    }
+}
+
+/// Names the agent finds the kernel objects by. They are the symbols of
+/// `observer-ebpf` (a program is its function, a map its static), which
+/// attribute macros cannot take from a constant: renaming one there means
+/// renaming it here.
+pub mod names {
+    /// The `iter/tcp` program that reads every socket of a namespace.
+    pub const ITER_PROGRAM: &str = "observer_sockets";
+    pub const TARGET_TGIDS: &str = "TARGET_TGIDS";
+    pub const TARGET_PORTS: &str = "TARGET_PORTS";
+    pub const SOCKS: &str = "SOCKS";
+    pub const CLOCKS: &str = "CLOCKS";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const DROPS: &str = "DROPS";
+    pub const HINTS: &str = "HINTS";
+    /// The iterator over `MARKS`, the sockets' marks (socket-local storage).
+    pub const MARKED_PROGRAM: &str = "observer_marked";
+    pub const MARKS: &str = "MARKS";
 }
 
 /// Key of the map of listening ports the target owns, so that a connection

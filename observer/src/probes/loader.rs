@@ -20,8 +20,6 @@ use super::{
 /// The object built by `build.rs` from `observer-ebpf`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/observer"));
 
-pub const ITER_PROGRAM: &str = "observer_sockets";
-
 #[derive(Clone, Debug)]
 pub struct LoadOptions {
     pub btf_path: PathBuf,
@@ -327,7 +325,7 @@ fn load_bpf(opts: &LoadOptions) -> Result<Probes, ProbeError> {
 }
 
 fn load_marked(ebpf: &mut Ebpf, btf: &AyaBtf) -> Sweeps {
-    let loaded = program(ebpf, crate::sockets::marked::PROGRAM).and_then(|prog| {
+    let loaded = program(ebpf, observer_common::names::MARKED_PROGRAM).and_then(|prog| {
         let p: &mut Iter = prog.try_into().map_err(err)?;
         p.load("bpf_sk_storage_map", btf).map_err(err)
     });

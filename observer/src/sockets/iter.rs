@@ -4,12 +4,12 @@
 //! it, so for a target in another namespace (a container watched from the
 //! host) the reading thread enters that namespace just for the creation.
 
-use std::{fs::File, io::Read, os::fd::AsRawFd};
+use std::{fs::File, io::Read};
 
 use aya::{Ebpf, programs::Iter};
-use observer_common::SockRecord;
+use observer_common::{SockRecord, names::ITER_PROGRAM};
 
-use crate::probes::loader::ITER_PROGRAM;
+use crate::netns::{self, NetnsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IterError {
@@ -17,8 +17,8 @@ pub enum IterError {
     NotLoaded,
     #[error("socket iterator: {0}")]
     Kernel(String),
-    #[error("entering network namespace {path}: {source}")]
-    Netns { path: String, source: std::io::Error },
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
     #[error("socket iterator output is {0} bytes, not a whole number of records")]
     Torn(usize),
 }
@@ -34,7 +34,7 @@ pub fn read_sockets(ebpf: &mut Ebpf, netns: Option<&File>) -> Result<Vec<SockRec
     let link = prog.take_link(link_id).map_err(|e| IterError::Kernel(e.to_string()))?;
     let mut file = match netns {
         None => link.into_file().map_err(|e| IterError::Kernel(e.to_string()))?,
-        Some(ns) => in_netns(ns, || link.into_file().map_err(|e| IterError::Kernel(e.to_string())))??,
+        Some(ns) => netns::inside(ns, || link.into_file().map_err(|e| IterError::Kernel(e.to_string())))??,
     };
     read_records(&mut file)
 }
@@ -77,54 +77,6 @@ pub fn decode(buf: &[u8]) -> Result<Vec<SockRecord>, IterError> {
         // read_unaligned makes no alignment assumption about the buffer.
         .map(|chunk| unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<SockRecord>()) })
         .collect())
-}
-
-/// Runs `f` with this thread inside the network namespace `ns`, then returns.
-/// A network namespace is per thread, so nothing else in the process moves.
-pub(crate) fn in_netns<T>(ns: &File, f: impl FnOnce() -> T) -> Result<T, IterError> {
-    let own = File::open("/proc/thread-self/ns/net")
-        .map_err(|source| IterError::Netns { path: "/proc/thread-self/ns/net".into(), source })?;
-    setns(ns, "target namespace")?;
-    // Back on every path, a panic in `f` included.
-    let back = Back(Some(own));
-    let out = f();
-    back.go()?;
-    Ok(out)
-}
-
-/// The thread's own namespace, re-entered when dropped.
-struct Back(Option<File>);
-
-impl Back {
-    /// Going back can only fail if the kernel lost our own namespace, which
-    /// would leave this thread in the wrong place: report it loudly.
-    fn go(mut self) -> Result<(), IterError> {
-        match self.0.take() {
-            Some(own) => setns(&own, "own namespace"),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Back {
-    fn drop(&mut self) {
-        if let Some(own) = self.0.take()
-            && setns(&own, "own namespace").is_err()
-        {
-            // Unwinding with the thread in a target's namespace: every later
-            // read would be of the wrong sockets. Nothing sane is left to do.
-            eprintln!("observer: cannot return to its own network namespace");
-            std::process::abort();
-        }
-    }
-}
-
-fn setns(ns: &File, what: &str) -> Result<(), IterError> {
-    // SAFETY: setns with a valid fd and CLONE_NEWNET only affects this thread.
-    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(IterError::Netns { path: what.into(), source: std::io::Error::last_os_error() });
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
-use crate::{classify::Class, metrics::state_name, sockets::table::SocketTable};
+use observer_common::tcp_state;
+
+use crate::{classify::Class, sockets::table::SocketTable};
 
 const AF_INET: u8 = 2;
 const AF_INET6: u8 = 10;
@@ -38,7 +40,7 @@ pub fn render(table: &SocketTable, sweep: u64) -> String {
             out,
             "{} {} {} {} {} {} {} {}",
             t.class.label(),
-            state_name(r.state),
+            tcp_state::name(r.state),
             t.owner,
             endpoint(r.family, &r.saddr, r.sport),
             endpoint(r.family, &r.daddr, r.dport),

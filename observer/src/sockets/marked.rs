@@ -18,9 +18,7 @@ use observer_common::{SockRecord, marks};
 
 use super::iter::IterError;
 
-/// Program and map names in the eBPF object.
-pub const PROGRAM: &str = "observer_marked";
-pub const MAP: &str = "MARKS";
+use observer_common::names::{MARKED_PROGRAM as PROGRAM, MARKS as MAP};
 
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ITER_CREATE: libc::c_long = 33;

@@ -17,10 +17,12 @@ use std::{
 
 use observer_common::{AgentClocks, SockRecord, tcp_state};
 
-use crate::sockets::table::{SocketTable, Tracked};
+use crate::{
+    proc::boot_id,
+    sockets::table::{SocketTable, Tracked},
+};
 
 const MAGIC: &str = "observer-state 2";
-const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -105,10 +107,6 @@ fn worth_keeping(t: &Tracked) -> bool {
             || t.connect_at.is_some()
             || t.orphan()
             || t.unacked() != 0)
-}
-
-fn boot_id() -> String {
-    std::fs::read_to_string(BOOT_ID).map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
 /// Writes the table's clocks to `path` (through a temporary file and a

@@ -1,14 +1,13 @@
 //! Which processes are watched, and which sockets and memory are theirs.
 
-pub mod procfs;
-
-use std::{
-    collections::{BTreeMap, HashMap},
-    fs::File,
-};
+use std::collections::{BTreeMap, HashMap};
 
 use log::{debug, warn};
-use procfs::ProcError;
+
+use crate::{
+    netns,
+    proc::{self, ProcError},
+};
 
 /// How the operator names the target.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,22 +46,22 @@ pub fn validate(selector: &Selector) -> Result<(), TargetError> {
     if *pid == 0 {
         return Err(TargetError::PidZero);
     }
-    procfs::read_status(*pid)?;
-    if procfs::is_kernel_thread(*pid)? {
+    proc::exists(*pid)?;
+    if proc::is_kernel_thread(*pid)? {
         return Err(TargetError::KernelThread(*pid));
     }
-    procfs::read_socket_inodes(*pid)?;
+    proc::read_socket_inodes(*pid)?;
     Ok(())
 }
 
 /// The current PIDs of the target (empty while it is not running).
 pub fn resolve(selector: &Selector) -> Vec<u32> {
     match selector {
-        Selector::Pid(pid) => match procfs::read_status(*pid) {
-            Ok(_) => vec![*pid],
+        Selector::Pid(pid) => match proc::exists(*pid) {
+            Ok(()) => vec![*pid],
             Err(_) => vec![],
         },
-        Selector::Comm(name) => procfs::pids_by_comm(name).unwrap_or_default(),
+        Selector::Comm(name) => proc::pids_by_comm(name).unwrap_or_default(),
     }
 }
 
@@ -80,7 +79,7 @@ pub struct Scan {
 pub fn scan(pids: &[u32]) -> Scan {
     let mut s = Scan::default();
     for &pid in pids {
-        let (Ok(inodes), Ok(ns)) = (procfs::read_socket_inodes(pid), procfs::netns_inode(pid)) else {
+        let (Ok(inodes), Ok(ns)) = (proc::read_socket_inodes(pid), netns::inode_of(pid)) else {
             continue;
         };
         s.inode_owner.extend(inodes.into_iter().map(|i| (i, pid)));
@@ -88,17 +87,6 @@ pub fn scan(pids: &[u32]) -> Scan {
         s.pids.push(pid);
     }
     s
-}
-
-/// Our own network namespace inode.
-pub fn own_netns() -> Option<u64> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino())
-}
-
-/// A handle on the network namespace of `pid`, for entering it.
-pub fn open_netns(pid: u32) -> std::io::Result<File> {
-    File::open(format!("/proc/{pid}/ns/net"))
 }
 
 /// Resident memory of the targets, summed: (VmRSS, RssAnon) in bytes;
@@ -131,26 +119,26 @@ pub struct MemorySample {
     pub pss: u64,
 }
 
-/// Reads the memory of `pids`: `status` always, `smaps_rollup` too when
+/// Reads the memory of `pids`: `statm` always, `smaps_rollup` too when
 /// `with_pss`. Blocking, and for PSS proportional to the targets' mapped
 /// memory: call it off the async runtime.
 ///
 /// A process that exits between the listing and the reads is left out of
 /// every sum (not an error), so RSS and PSS describe the same processes.
 pub fn sample_memory(pids: &[u32], with_pss: bool) -> MemorySample {
-    sample_memory_with(pids, with_pss, procfs::read_status, procfs::read_pss)
+    sample_memory_with(pids, with_pss, proc::read_memory, proc::read_pss)
 }
 
 fn sample_memory_with(
     pids: &[u32],
     with_pss: bool,
-    status: impl Fn(u32) -> Result<procfs::ProcStatus, ProcError>,
+    memory: impl Fn(u32) -> Result<proc::Memory, ProcError>,
     pss: impl Fn(u32) -> Result<u64, ProcError>,
 ) -> MemorySample {
     let mut out = MemorySample::default();
     for &pid in pids {
-        let st = match status(pid) {
-            Ok(st) => st,
+        let mem = match memory(pid) {
+            Ok(mem) => mem,
             Err(e) => {
                 debug!("memory of pid {pid}: {e}");
                 continue;
@@ -169,7 +157,7 @@ fn sample_memory_with(
         } else {
             None
         };
-        let m = ProcMemory { pid, rss: st.vm_rss_bytes.unwrap_or(0), rss_anon: st.rss_anon_bytes.unwrap_or(0), pss };
+        let m = ProcMemory { pid, rss: mem.rss_bytes, rss_anon: mem.rss_anon_bytes, pss };
         out.rss += m.rss;
         out.rss_anon += m.rss_anon;
         out.pss += m.pss.unwrap_or(0);
@@ -194,26 +182,19 @@ fn warn_pss_once(e: &ProcError) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use procfs::ProcStatus;
 
-    fn status(pid: u32) -> Result<ProcStatus, ProcError> {
+    fn memory(pid: u32) -> Result<proc::Memory, ProcError> {
         match pid {
-            1..=3 => Ok(ProcStatus {
-                name: "w".into(),
-                tgid: pid,
-                vm_rss_bytes: Some(u64::from(pid) * 100),
-                rss_anon_bytes: Some(u64::from(pid) * 10),
-                threads: 1,
-            }),
+            1..=3 => Ok(proc::Memory { rss_bytes: u64::from(pid) * 100, rss_anon_bytes: u64::from(pid) * 10 }),
             _ => Err(ProcError::NoSuchProcess(pid)),
         }
     }
 
     #[test]
     fn processes_that_vanish_between_reads_leave_every_sum() {
-        // 2 exits between its status and its smaps_rollup; 9 is gone at once.
+        // 2 exits between its statm and its smaps_rollup; 9 is gone at once.
         let pss = |pid: u32| if pid == 2 { Err(ProcError::NoSuchProcess(2)) } else { Ok(u64::from(pid) * 50) };
-        let m = sample_memory_with(&[1, 2, 3, 9], true, status, pss);
+        let m = sample_memory_with(&[1, 2, 3, 9], true, memory, pss);
         assert_eq!(m.each.iter().map(|p| p.pid).collect::<Vec<_>>(), [1, 3]);
         assert_eq!((m.rss, m.rss_anon, m.pss), (400, 40, 200));
         assert_eq!(m.each[1], ProcMemory { pid: 3, rss: 300, rss_anon: 30, pss: Some(150) });
@@ -224,12 +205,12 @@ mod tests {
         let pss = |pid: u32| {
             if pid == 1 { Err(ProcError::PermissionDenied { pid, path: "/proc/1/smaps_rollup".into() }) } else { Ok(7) }
         };
-        let m = sample_memory_with(&[1, 3], true, status, pss);
+        let m = sample_memory_with(&[1, 3], true, memory, pss);
         assert_eq!((m.rss, m.pss), (400, 7));
         assert_eq!(m.each[0].pss, None);
         // Not asked for: never read.
         let m =
-            sample_memory_with(&[1, 3], false, status, |_| -> Result<u64, ProcError> { panic!("read without need") });
+            sample_memory_with(&[1, 3], false, memory, |_| -> Result<u64, ProcError> { panic!("read without need") });
         assert_eq!((m.rss, m.pss), (400, 0));
         assert!(m.each.iter().all(|p| p.pss.is_none()));
     }

@@ -21,8 +21,9 @@ use self::{
     terminal::Screen,
 };
 use crate::{
-    agent::{Agent, Shared, monotonic_ns},
+    agent::{Agent, Shared},
     cli::TopArgs,
+    clock::monotonic_ns,
     metrics::Metrics,
 };
 use anyhow::{Context, Result, bail};

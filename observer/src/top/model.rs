@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
+use observer_common::tcp_state;
+
 use crate::{
     classify::Class,
-    metrics::state_name,
     sockets::table::{Summary, Tracked},
 };
 
@@ -35,7 +36,7 @@ impl Row {
         Row {
             owner: t.owner,
             peer: peer(t.record.family, &t.record.daddr, t.record.dport),
-            state: state_name(t.record.state),
+            state: tcp_state::name(t.record.state),
             unsent: u64::from(t.unsent()),
             unacked,
             backoff: t.record.backoff,

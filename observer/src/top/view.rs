@@ -10,14 +10,13 @@ use ratatui::{
     widgets::{Cell, Paragraph, Row as TableRow, Table},
 };
 
+use observer_common::tcp_state;
+
 use super::{
     format,
     model::{Model, Row},
 };
-use crate::{
-    classify::{Class, StallReason, ZombieReason},
-    metrics::state_name,
-};
+use crate::classify::{Class, StallReason, ZombieReason};
 
 const HEADER_LINES: u16 = 6;
 
@@ -86,7 +85,7 @@ fn header_lines(m: &Model) -> Vec<Line<'_>> {
         )),
     ]);
 
-    let states = counts("sockets", s.by_state.iter().map(|(st, n)| (state_name(*st), *n)), Style::new());
+    let states = counts("sockets", s.by_state.iter().map(|(st, n)| (tcp_state::name(*st), *n)), Style::new());
 
     let zombies =
         counts("zombies", ZombieReason::ALL.iter().map(|r| (r.label(), s.zombies.get(r).copied().unwrap_or(0))), red);
@@ -173,7 +172,7 @@ mod tests {
         Row {
             owner: 4242,
             peer: format!("198.18.0.2:{port}"),
-            state: state_name(state),
+            state: tcp_state::name(state),
             unsent,
             unacked,
             backoff: if unacked > 0 { 4 } else { 0 },

@@ -16,7 +16,10 @@ use observer_common::{SockRecord, tcp_state};
 
 pub use self::record::TICK_NS;
 use self::wire::{Message, WireError};
-use super::iter::{self, IterError};
+use crate::{
+    clock::monotonic_ns,
+    netns::{self, NetnsError},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiagError {
@@ -29,7 +32,7 @@ pub enum DiagError {
     #[error("sock_diag: malformed reply: {0}")]
     Malformed(#[from] WireError),
     #[error(transparent)]
-    Netns(IterError),
+    Netns(#[from] NetnsError),
 }
 
 /// Every state but NEW_SYN_RECV (bit n is TCP state n): the
@@ -39,13 +42,13 @@ const STATES: u32 = 0xffe & !(1 << tcp_state::NEW_SYN_RECV);
 /// Reads every full TCP socket of the current (or given) network namespace.
 pub fn read_sockets(netns: Option<&File>) -> Result<Vec<SockRecord>, DiagError> {
     let (mut sock, ns_inode) = match netns {
-        None => (netlink::NetlinkSocket::open().map_err(DiagError::Open)?, own_netns_inode()),
+        None => (netlink::NetlinkSocket::open().map_err(DiagError::Open)?, netns::own_inode().unwrap_or(0)),
         Some(ns) => {
-            let sock = iter::in_netns(ns, netlink::NetlinkSocket::open).map_err(DiagError::Netns)?;
+            let sock = netns::inside(ns, netlink::NetlinkSocket::open)?;
             (sock.map_err(DiagError::Open)?, ns.metadata().map_or(0, |m| m.ino()))
         }
     };
-    let now_ms = (crate::agent::monotonic_ns() / TICK_NS) as u32;
+    let now_ms = (monotonic_ns() / TICK_NS) as u32;
     let mut out = Vec::new();
     for (seq, family) in [(1, libc::AF_INET as u8), (2, libc::AF_INET6 as u8)] {
         sock.send(&wire::dump_request(family, STATES, seq))
@@ -71,10 +74,6 @@ fn decode(datagram: &[u8], seq: u32, netns: u32, now_ms: u32, out: &mut Vec<Sock
         }
     }
     Ok(false)
-}
-
-fn own_netns_inode() -> u64 {
-    std::fs::metadata("/proc/thread-self/ns/net").map_or(0, |m| m.ino())
 }
 
 #[cfg(test)]
