@@ -83,6 +83,8 @@ pub fn observer_sockets(ctx: *mut IterTcpCtx) -> i32 {
 /// The fields of a full TCP socket, and what the probes recorded for it.
 #[inline(always)]
 fn full(sk: u64, rec: &mut SockRecord) {
+    // Sockets the agent tracks were never met by a probe: learn here too.
+    crate::write_timer::learn(sk);
     *rec = SockRecord {
         inode: kernel::inode(sk),
         pending: read(sk, off!(icsk_pending)),

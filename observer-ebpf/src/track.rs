@@ -26,6 +26,7 @@ fn is_target(tgid: u32) -> bool {
 /// behind, and dates the state from now; otherwise the first writer wins.
 #[inline(always)]
 fn start(sk: u64, owner: u32, flags: u32, now: u64, birth: bool) -> bool {
+    crate::write_timer::learn(sk);
     let una = kernel::snd_una(sk);
     // Seen mid-life with data outstanding, the last progress is unknown: 0
     // lets the agent date it from the socket's own stamps instead of now.
@@ -227,9 +228,7 @@ pub fn on_write_timer(sk: u64) {
 /// The generic timer hook: only TCP write timers are ours.
 #[inline(always)]
 pub fn on_timer_expire(timer: u64) {
-    let function: u64 = kernel::read(timer, kernel::off!(timer_function));
-    if function == 0 || function != kernel::off!(tcp_write_timer) {
-        return;
+    if let Some(sk) = crate::write_timer::socket_of(timer) {
+        on_write_timer(sk);
     }
-    on_write_timer(timer - kernel::off!(icsk_retransmit_timer) as u64);
 }

@@ -45,12 +45,6 @@ pub struct Offsets {
     pub snd_wnd: u32,
     // struct timer_list
     pub timer_function: u32,
-    // classic tracepoint record fields (from tracefs `format` files)
-    pub tp_state_skaddr: u32,
-    pub tp_state_oldstate: u32,
-    pub tp_state_newstate: u32,
-    pub tp_send_sk: u32,
-    pub tp_retransmit_skaddr: u32,
     /// `tcp_sock.rcv_tstamp`: jiffies of the last ACK received.
     pub rcv_tstamp: u32,
     /// `inet_connection_sock.icsk_rto`: the socket's retransmission timeout, jiffies.
@@ -63,9 +57,6 @@ pub struct Offsets {
     /// `tcp_sock.tcp_mstamp`: µs (CLOCK_MONOTONIC) of the socket's latest
     /// send or receive processing.
     pub tcp_mstamp: u32,
-    /// Address of `tcp_write_timer`, so the generic timer hook can pick out
-    /// the TCP retransmit/probe timer among every timer in the system.
-    pub tcp_write_timer: u64,
 }
 
 /// What the kernel programs learn about one tracked socket from events.
@@ -247,4 +238,4 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<SockRecord>() == 200);
 const _: () = assert!(core::mem::size_of::<SockEvents>() == 72);
 const _: () = assert!(core::mem::size_of::<AgentClocks>() == 80);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 152);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 120);
