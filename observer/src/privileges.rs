@@ -8,7 +8,6 @@
 //! | CAP_SYS_PTRACE  | resolving `/proc/PID/fd/*` and `/proc/PID/ns/net` of a process owned by another user | every sweep |
 //! | CAP_DAC_READ_SEARCH | listing that user's `/proc/PID/fd` directory (mode 0500)      | every sweep |
 //! | CAP_SYS_ADMIN   | entering the target's network namespace (another container), mounting bpffs; stands in for CAP_BPF on kernels before 5.8 | every sweep, only for a target in another netns |
-//! | CAP_SYSLOG      | reading `/proc/kallsyms` addresses (timer hook on tp_btf)          | start |
 //! | CAP_SETPCAP     | trimming the bounding set during the drop itself                  | start |
 //!
 //! After start-up only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH are planned to
