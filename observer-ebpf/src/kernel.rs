@@ -1,6 +1,6 @@
 //! Reads of kernel struct fields at offsets the agent found in BTF.
 
-use aya_ebpf::helpers::generated::bpf_probe_read_kernel;
+use aya_ebpf::helpers::generated::{bpf_probe_read_kernel, bpf_skc_to_tcp_sock};
 use observer_common::{Offsets, drop_reason};
 
 use crate::maps::count_drop;
@@ -39,52 +39,128 @@ pub fn read<T: Copy + Default>(base: u64, offset: u32) -> T {
     v
 }
 
+/// `*(base + offset)` as a `T`, loaded directly through a pointer the
+/// verifier knows the BTF type of (an iterator's socket, a tp_btf or fentry
+/// argument). The offset comes from frozen `.rodata`, which the verifier
+/// sees as a constant, so it checks the access against the struct and turns
+/// it into one guarded load: no helper call, unlike [`read`]. A fault reads
+/// as zero.
 #[inline(always)]
-pub fn state(sk: u64) -> u8 {
-    read::<u8>(sk, off!(skc_state))
+pub fn load<T: Copy>(base: *const u8, offset: u32) -> T {
+    unsafe { core::ptr::read_volatile(base.add(offset as usize).cast::<T>()) }
+}
+
+/// A socket as a program receives it. Where the verifier knows the pointer's
+/// BTF type (tp_btf, fentry/fexit, iterators) fields are direct loads;
+/// where it is a plain number (raw tracepoints, kprobes, an address computed
+/// from a timer) every field costs a `bpf_probe_read_kernel` call.
+pub trait Sock: Copy {
+    /// The kernel address: the key of the socket maps.
+    fn addr(self) -> u64;
+    fn field<T: Copy + Default>(self, offset: u32) -> T;
+    /// The pointer stored at `offset`, of the same kind.
+    fn follow(self, offset: u32) -> Self;
+    /// The same socket as a full TCP socket, or None for any other kind:
+    /// a typed `struct sock *` only reaches `tcp_sock` fields once the
+    /// verifier has seen it checked.
+    fn tcp(self) -> Option<Self>;
+}
+
+/// A pointer the verifier knows the BTF type of.
+#[derive(Clone, Copy)]
+pub struct Typed(pub *const u8);
+
+/// A bare kernel address.
+#[derive(Clone, Copy)]
+pub struct Untyped(pub u64);
+
+impl Sock for Typed {
+    #[inline(always)]
+    fn addr(self) -> u64 {
+        self.0 as u64
+    }
+    #[inline(always)]
+    fn field<T: Copy + Default>(self, offset: u32) -> T {
+        load(self.0, offset)
+    }
+    #[inline(always)]
+    fn follow(self, offset: u32) -> Self {
+        Typed(load(self.0, offset))
+    }
+    #[inline(always)]
+    fn tcp(self) -> Option<Self> {
+        let tp = unsafe { bpf_skc_to_tcp_sock(self.0 as *mut core::ffi::c_void) } as *const u8;
+        (!tp.is_null()).then_some(Typed(tp))
+    }
+}
+
+impl Sock for Untyped {
+    #[inline(always)]
+    fn addr(self) -> u64 {
+        self.0
+    }
+    #[inline(always)]
+    fn field<T: Copy + Default>(self, offset: u32) -> T {
+        read(self.0, offset)
+    }
+    #[inline(always)]
+    fn follow(self, offset: u32) -> Self {
+        Untyped(read(self.0, offset))
+    }
+    #[inline(always)]
+    fn tcp(self) -> Option<Self> {
+        (protocol(self) == IPPROTO_TCP).then_some(self)
+    }
+}
+
+const IPPROTO_TCP: u16 = 6;
+
+#[inline(always)]
+pub fn state(sk: impl Sock) -> u8 {
+    sk.field::<u8>(off!(skc_state))
 }
 
 #[inline(always)]
-pub fn snd_una(sk: u64) -> u32 {
-    read::<u32>(sk, off!(snd_una))
+pub fn snd_una(sk: impl Sock) -> u32 {
+    sk.field::<u32>(off!(snd_una))
 }
 
 #[inline(always)]
-pub fn snd_nxt(sk: u64) -> u32 {
-    read::<u32>(sk, off!(snd_nxt))
+pub fn snd_nxt(sk: impl Sock) -> u32 {
+    sk.field::<u32>(off!(snd_nxt))
 }
 
 #[inline(always)]
-pub fn snd_wnd(sk: u64) -> u32 {
-    read::<u32>(sk, off!(snd_wnd))
+pub fn snd_wnd(sk: impl Sock) -> u32 {
+    sk.field::<u32>(off!(snd_wnd))
 }
 
 #[inline(always)]
-pub fn netns(sk: u64) -> u32 {
-    let net: u64 = read(sk, off!(skc_net));
-    if net == 0 {
+pub fn netns(sk: impl Sock) -> u32 {
+    let net = sk.follow(off!(skc_net));
+    if net.addr() == 0 {
         return 0;
     }
-    read::<u32>(net, off!(net_inum))
+    net.field::<u32>(off!(net_inum))
 }
 
 /// Local port in host byte order.
 #[inline(always)]
-pub fn local_port(sk: u64) -> u16 {
-    read::<u16>(sk, off!(skc_num))
-}
-
-/// Inode of the socket's file, 0 when no file holds it any more.
-#[inline(always)]
-pub fn inode(sk: u64) -> u64 {
-    let socket: u64 = read(sk, off!(sk_socket));
-    if socket == 0 {
-        return 0;
-    }
-    read::<u64>(socket, off!(socket_inode) + off!(inode_ino))
+pub fn local_port(sk: impl Sock) -> u16 {
+    sk.field::<u16>(off!(skc_num))
 }
 
 #[inline(always)]
-pub fn total_retrans(sk: u64) -> u32 {
-    read::<u32>(sk, off!(total_retrans))
+pub fn protocol(sk: impl Sock) -> u16 {
+    sk.field::<u16>(off!(sk_protocol))
+}
+
+#[inline(always)]
+pub fn pending(sk: impl Sock) -> u8 {
+    sk.field::<u8>(off!(icsk_pending))
+}
+
+#[inline(always)]
+pub fn total_retrans(sk: impl Sock) -> u32 {
+    sk.field::<u32>(off!(total_retrans))
 }

@@ -5,11 +5,9 @@ use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use observer_common::{FLAG_APP_CLOSED, FLAG_COUNTED_OPEN, PortKey, SockEvents, drop_reason, tcp_state, timer};
 
 use crate::{
-    kernel,
+    kernel::{self, Sock},
     maps::{Counter, SOCKS, TARGET_PORTS, TARGET_TGIDS, bump, bump_by, count_drop},
 };
-
-const IPPROTO_TCP: u16 = 6;
 
 #[inline(always)]
 fn current_tgid() -> u32 {
@@ -25,8 +23,8 @@ fn is_target(tgid: u32) -> bool {
 /// `birth` replaces whatever an earlier socket at the same address left
 /// behind, and dates the state from now; otherwise the first writer wins.
 #[inline(always)]
-fn start(sk: u64, owner: u32, flags: u32, now: u64, birth: bool) -> bool {
-    crate::write_timer::learn(sk);
+fn start(sk: impl Sock, owner: u32, flags: u32, now: u64, birth: bool) -> bool {
+    crate::write_timer::learn(sk.addr());
     let una = kernel::snd_una(sk);
     // Seen mid-life with data outstanding, the last progress is unknown: 0
     // lets the agent date it from the socket's own stamps instead of now.
@@ -42,7 +40,7 @@ fn start(sk: u64, owner: u32, flags: u32, now: u64, birth: bool) -> bool {
     };
     // BPF_ANY (0) at birth; BPF_NOEXIST (1) otherwise, never to clobber
     // what another CPU recorded first.
-    match SOCKS.insert(sk, events, if birth { 0 } else { 1 }) {
+    match SOCKS.insert(sk.addr(), events, if birth { 0 } else { 1 }) {
         Ok(()) => true,
         Err(-17) => true, // EEXIST
         Err(_) => {
@@ -54,7 +52,7 @@ fn start(sk: u64, owner: u32, flags: u32, now: u64, birth: bool) -> bool {
 
 /// ACK progress bookkeeping shared by every event that looks at a socket.
 #[inline(always)]
-fn note_progress(ev: &mut SockEvents, sk: u64, now: Option<u64>) {
+fn note_progress(ev: &mut SockEvents, sk: impl Sock, now: Option<u64>) {
     let una = kernel::snd_una(sk);
     if una != ev.snd_una || una == kernel::snd_nxt(sk) {
         // Moved, or nothing outstanding: an idle socket is not a stuck one.
@@ -76,7 +74,7 @@ fn note_progress(ev: &mut SockEvents, sk: u64, now: Option<u64>) {
 /// its own per-socket total: the same count whether this runs before the
 /// retransmission (fentry, kprobe) or after it (tracepoints).
 #[inline(always)]
-fn account_retransmits(ev: &mut SockEvents, sk: u64) {
+fn account_retransmits(ev: &mut SockEvents, sk: impl Sock) {
     let total = kernel::total_retrans(sk);
     let new = total.wrapping_sub(ev.total_retrans);
     if new != 0 && new < 1 << 30 {
@@ -89,17 +87,17 @@ fn account_retransmits(ev: &mut SockEvents, sk: u64) {
 /// After a send by the current task. Sends run in the sender's context, so
 /// a process we do not watch costs one lookup in a small map and no more.
 #[inline(always)]
-pub fn on_send(sk: u64) {
+pub fn on_send(sk: impl Sock) {
     let tgid = current_tgid();
     if !is_target(tgid) {
         return;
     }
     // The send tracepoints fire for every socket type; only TCP is ours
     // (a UDP or unix socket would be read at TCP offsets and never freed).
-    if kernel::read::<u16>(sk, kernel::off!(sk_protocol)) != IPPROTO_TCP {
+    let Some(sk) = sk.tcp() else {
         return;
-    }
-    match SOCKS.get_ptr_mut(sk) {
+    };
+    match SOCKS.get_ptr_mut(sk.addr()) {
         Some(ev) => note_progress(unsafe { &mut *ev }, sk, None),
         None => {
             // A write after a reset reaches a socket already in CLOSE, whose
@@ -114,8 +112,11 @@ pub fn on_send(sk: u64) {
 
 /// The application closed the socket (tcp_close), in the closer's context.
 #[inline(always)]
-pub fn on_close(sk: u64) {
-    if let Some(ev) = SOCKS.get_ptr_mut(sk) {
+pub fn on_close(sk: impl Sock) {
+    let Some(sk) = sk.tcp() else {
+        return;
+    };
+    if let Some(ev) = SOCKS.get_ptr_mut(sk.addr()) {
         let ev = unsafe { &mut *ev };
         ev.flags |= FLAG_APP_CLOSED;
         ev.owner_tgid = current_tgid();
@@ -124,7 +125,10 @@ pub fn on_close(sk: u64) {
 
 /// A TCP state change; may run in softirq context.
 #[inline(always)]
-pub fn on_state(sk: u64, old: i32, new: i32) {
+pub fn on_state(sk: impl Sock, old: i32, new: i32) {
+    let Some(sk) = sk.tcp() else {
+        return;
+    };
     let (old, new) = (old as u8, new as u8);
     let now = unsafe { bpf_ktime_get_ns() };
     if new == tcp_state::SYN_SENT {
@@ -150,14 +154,14 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
     // the context of the process that holds the socket: that process is the
     // owner from here on, also for an orphan whose owner later exits.
     let closing = new == tcp_state::FIN_WAIT1 || new == tcp_state::LAST_ACK;
-    let ev = match SOCKS.get_ptr_mut(sk) {
+    let ev = match SOCKS.get_ptr_mut(sk.addr()) {
         Some(ev) => ev,
         None => {
             let tgid = current_tgid();
             if !closing || !is_target(tgid) || !start(sk, tgid, FLAG_APP_CLOSED, now, false) {
                 return;
             }
-            match SOCKS.get_ptr_mut(sk) {
+            match SOCKS.get_ptr_mut(sk.addr()) {
                 Some(ev) => ev,
                 None => return,
             }
@@ -180,7 +184,7 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
             if ev.flags & FLAG_COUNTED_OPEN != 0 {
                 bump(ev.owner_tgid, Counter::Closed);
             }
-            let _ = SOCKS.remove(sk);
+            let _ = SOCKS.remove(sk.addr());
         }
         _ => {}
     }
@@ -188,23 +192,29 @@ pub fn on_state(sk: u64, old: i32, new: i32) {
 
 /// A segment was retransmitted; softirq or timer context.
 #[inline(always)]
-pub fn on_retransmit(sk: u64) {
-    if let Some(ev) = SOCKS.get_ptr_mut(sk) {
+pub fn on_retransmit(sk: impl Sock) {
+    let Some(sk) = sk.tcp() else {
+        return;
+    };
+    if let Some(ev) = SOCKS.get_ptr_mut(sk.addr()) {
         account_retransmits(unsafe { &mut *ev }, sk);
     }
 }
 
 /// The TCP write timer of `sk` expired; `icsk_pending` says which one.
 #[inline(always)]
-pub fn on_write_timer(sk: u64) {
-    let Some(ev) = SOCKS.get_ptr_mut(sk) else {
+pub fn on_write_timer(sk: impl Sock) {
+    let Some(sk) = sk.tcp() else {
+        return;
+    };
+    let Some(ev) = SOCKS.get_ptr_mut(sk.addr()) else {
         return;
     };
     let ev = unsafe { &mut *ev };
     let now = unsafe { bpf_ktime_get_ns() };
     note_progress(ev, sk, Some(now));
     account_retransmits(ev, sk);
-    match kernel::read::<u8>(sk, kernel::off!(icsk_pending)) {
+    match kernel::pending(sk) {
         timer::RETRANS => {
             ev.rto_timeouts += 1;
             bump(ev.owner_tgid, Counter::RtoTimeouts);
@@ -227,7 +237,7 @@ pub fn on_write_timer(sk: u64) {
 
 /// The generic timer hook: only TCP write timers are ours.
 #[inline(always)]
-pub fn on_timer_expire(timer: u64) {
+pub fn on_timer_expire(timer: impl Sock) {
     if let Some(sk) = crate::write_timer::socket_of(timer) {
         on_write_timer(sk);
     }

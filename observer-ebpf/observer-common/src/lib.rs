@@ -57,6 +57,9 @@ pub struct Offsets {
     /// `tcp_sock.tcp_mstamp`: µs (CLOCK_MONOTONIC) of the socket's latest
     /// send or receive processing.
     pub tcp_mstamp: u32,
+    /// `socket.file` and `file.f_inode`: the inode through typed loads.
+    pub socket_file: u32,
+    pub file_inode: u32,
 }
 
 /// What the kernel programs learn about one tracked socket from events.
@@ -238,4 +241,4 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<SockRecord>() == 200);
 const _: () = assert!(core::mem::size_of::<SockEvents>() == 72);
 const _: () = assert!(core::mem::size_of::<AgentClocks>() == 80);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 120);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 128);

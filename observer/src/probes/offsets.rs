@@ -47,6 +47,8 @@ pub fn resolve(btf: &Btf) -> Result<Offsets, OffsetError> {
         sk_protocol: f("sock", "sk_protocol")?,
         socket_inode: f("socket_alloc", "vfs_inode")?,
         inode_ino: f("inode", "i_ino")?,
+        socket_file: f("socket", "file")?,
+        file_inode: f("file", "f_inode")?,
         icsk_retransmits: f("inet_connection_sock", "icsk_retransmits")?,
         icsk_pending: f("inet_connection_sock", "icsk_pending")?,
         icsk_backoff: f("inet_connection_sock", "icsk_backoff")?,
