@@ -205,17 +205,17 @@ fn check(args: CheckArgs) -> Result<()> {
     let mut missing_required = Vec::new();
     for r in backend.report() {
         match (&backend, r.method) {
-            (Backend::SockDiag(_), "none") => {
+            (Backend::SockDiag(_), None) => {
                 println!("  {:<10} {:<14} (no eBPF: sockets polled through sock_diag)", r.hook.name(), "none")
             }
-            (_, "none") => {
+            (_, None) => {
                 let why: Vec<String> = r.passed_over.iter().map(|(m, why)| format!("{m}: {why}")).collect();
                 println!("  {:<10} {:<14} ({})", r.hook.name(), "none", why.join("; "));
                 if r.hook.required() {
                     missing_required.push(r.hook.name());
                 }
             }
-            (_, method) => println!("  {:<10} {:<14} {}", r.hook.name(), method, r.target),
+            (_, Some(method)) => println!("  {:<10} {:<14} {}", r.hook.name(), method, r.target),
         }
         for (m, why) in &r.passed_over {
             println!("  {:<10}   passed over {m}: {why}", "");

@@ -56,8 +56,8 @@ pub fn start_agent(
         info!("continuing from the state a previous observer pinned");
     }
     for r in backend.report() {
-        metrics.probe_info.get_or_create(&ProbeLabel { hook: r.hook.name(), method: r.method }).set(1);
-        info!("hook {:<10} method {:<14} {}", r.hook.name(), r.method, r.target);
+        metrics.probe_info.get_or_create(&ProbeLabel { hook: r.hook.name(), method: r.method_label() }).set(1);
+        info!("hook {:<10} method {:<14} {}", r.hook.name(), r.method_label(), r.target);
         for (m, why) in &r.passed_over {
             info!("    passed over {m}: {why}");
         }

@@ -5,11 +5,9 @@
 use log::warn;
 
 use super::{
-    caps,
     errors::{ProbeError, chain},
     loader::{self, LoadOptions, Probes},
-    offsets,
-    plan::{Capabilities, Hook},
+    plan::Hook,
 };
 use crate::sockets::diag;
 
@@ -24,7 +22,6 @@ pub enum Backend {
 pub struct SockDiag {
     /// Why not eBPF, as the operator is told.
     pub why: String,
-    pub caps: Capabilities,
 }
 
 /// What the operator asked for.
@@ -38,11 +35,11 @@ pub enum Wanted {
     SockDiag,
 }
 
-/// One hook as the operator sees it: the method in use (`none` without
-/// one) and what was passed over on the way.
+/// One hook as the operator sees it: the method in use, if any, and what
+/// was passed over on the way.
 pub struct HookReport {
     pub hook: Hook,
-    pub method: &'static str,
+    pub method: Option<&'static str>,
     pub target: &'static str,
     pub passed_over: Vec<(&'static str, String)>,
 }
@@ -54,14 +51,14 @@ pub fn choose(opts: &LoadOptions) -> Result<Backend, ProbeError> {
             if let Some(&(hook, method)) = opts.forced.first() {
                 return Err(ProbeError::Conflict { hook, method });
             }
-            sock_diag(opts, "not tried: sockets=sock_diag was forced".into()).map_err(ProbeError::SockDiag)
+            sock_diag("not tried: sockets=sock_diag was forced".into()).map_err(ProbeError::SockDiag)
         }
         Wanted::Ebpf => loader::load(opts).map(Backend::Ebpf),
         Wanted::EbpfOrSockDiag => match loader::load(opts) {
             Ok(probes) => Ok(Backend::Ebpf(probes)),
             Err(e) if e.sock_diag_can_stand_in() => {
                 let why = chain(&e);
-                match sock_diag(opts, why.clone()) {
+                match sock_diag(why.clone()) {
                     Ok(backend) => {
                         warn!(
                             "{why}; polling the kernel's socket diagnostics (sock_diag) instead: gauges and zombie \
@@ -79,25 +76,19 @@ pub fn choose(opts: &LoadOptions) -> Result<Backend, ProbeError> {
 
 /// The sock_diag backend, once the kernel has answered a dump (so a
 /// failure shows at start, not at the first sweep).
-fn sock_diag(opts: &LoadOptions, why: String) -> Result<Backend, diag::DiagError> {
+fn sock_diag(why: String) -> Result<Backend, diag::DiagError> {
     diag::read_sockets(None)?;
-    let btf = offsets::load_btf(&opts.btf_path).ok();
-    Ok(Backend::SockDiag(SockDiag { why, caps: caps::detect(btf.as_ref()) }))
+    Ok(Backend::SockDiag(SockDiag { why }))
+}
+
+impl HookReport {
+    /// The method as `observer_probe_info` labels it.
+    pub fn method_label(&self) -> &'static str {
+        self.method.unwrap_or("none")
+    }
 }
 
 impl Backend {
-    /// Whether kernel events are observed, so their counters mean something.
-    pub fn events(&self) -> bool {
-        matches!(self, Backend::Ebpf(_))
-    }
-
-    pub fn caps(&self) -> &Capabilities {
-        match self {
-            Backend::Ebpf(p) => &p.caps,
-            Backend::SockDiag(d) => &d.caps,
-        }
-    }
-
     /// Every hook, in `Hook::ALL` order, with what it uses.
     pub fn report(&self) -> Vec<HookReport> {
         match self {
@@ -106,7 +97,7 @@ impl Backend {
                 .iter()
                 .map(|c| HookReport {
                     hook: c.hook,
-                    method: c.method.map_or("none", |m| m.name()),
+                    method: c.method.map(|m| m.name()),
                     target: c.target,
                     passed_over: c.rejected.0.iter().map(|(m, why)| (m.name(), why.to_string())).collect(),
                 })
@@ -116,11 +107,11 @@ impl Backend {
                 .map(|hook| match hook {
                     Hook::Sockets => HookReport {
                         hook,
-                        method: "sock_diag",
+                        method: Some("sock_diag"),
                         target: "NETLINK_SOCK_DIAG",
                         passed_over: vec![("iter", d.why.clone())],
                     },
-                    _ => HookReport { hook, method: "none", target: "", passed_over: Vec::new() },
+                    _ => HookReport { hook, method: None, target: "", passed_over: Vec::new() },
                 })
                 .collect(),
         }
