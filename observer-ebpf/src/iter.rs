@@ -1,19 +1,27 @@
-//! `iter/tcp`: one `SockRecord` per full TCP socket of the reader's network
-//! namespace, joined with what the probes recorded for it. This is the
-//! periodic truth the agent reconciles against, and how sockets opened before
-//! the agent started are found.
+//! The sweeps' iterators.
 //!
-//! The iterator hands over typed kernel pointers, so every field is a direct
-//! load (`kernel::load`) rather than a `bpf_probe_read_kernel` call: at
-//! 100k sockets the helper calls were a third of the sweep's CPU.
+//! `iter/tcp` (the full walk): one `SockRecord` per full TCP socket of the
+//! reader's network namespace, joined with what the probes recorded for it.
+//! This is the periodic truth the agent reconciles against, how sockets
+//! opened before the agent started are found, and where sockets get their
+//! mark.
+//!
+//! `iter/bpf_sk_storage_map` (the marked-socket sweep): visits only the
+//! sockets that carry a mark, without walking the kernel's TCP tables or
+//! locking a socket, and sends a record only for sockets that are not quiet
+//! or changed since they last crossed; the others cross as one alive word.
+//!
+//! Both hand over typed kernel pointers, so every field is a direct load
+//! (`kernel::load`) rather than a `bpf_probe_read_kernel` call: at 100k
+//! sockets the helper calls were a third of the sweep's CPU.
 
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_ns, bpf_seq_write, bpf_skc_to_tcp_sock};
-use observer_common::{SockRecord, drop_reason, tcp_state};
+use observer_common::{SockRecord, drop_reason, marks, tcp_state};
 
 use crate::{
-    kernel::{load, off, read},
+    kernel::{self, load, off, read},
     maps::{SOCKS, count_drop},
 };
 
@@ -32,6 +40,15 @@ pub struct IterTcpCtx {
     uid: u32,
 }
 
+/// `struct bpf_iter__bpf_sk_storage_map`
+#[repr(C)]
+pub struct IterMarkCtx {
+    meta: *mut IterMeta,
+    map: *mut c_void,
+    sk: *mut c_void,
+    value: *mut u64,
+}
+
 const AF_INET6: u16 = 10;
 const EOVERFLOW: i64 = -75;
 
@@ -45,23 +62,142 @@ pub fn observer_sockets(ctx: *mut IterTcpCtx) -> i32 {
     if skc.is_null() {
         return 0;
     }
-    let base = skc as *const u8;
-    let state: u8 = load(base, off!(skc_state));
-    // Request sockets are not full sockets and belong to no process yet.
-    if state == tcp_state::NEW_SYN_RECV {
+    let mut rec = SockRecord::default();
+    let Some(tp) = record(skc, &mut rec) else {
+        return 0;
+    };
+    // The walk meets every TCP socket, also those no probe ever saw (the
+    // listener, sockets older than the observer): the timer filter learns here.
+    if !tp.is_null() {
+        crate::write_timer::learn(tp as u64);
+    }
+    // Marked here (the full walk sees every socket of the namespace) so the
+    // marked-socket sweeps that follow visit it.
+    let mark = if tp.is_null() || !kernel::marking() {
+        core::ptr::null_mut()
+    } else {
+        kernel::storage(tp, aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE as u64)
+    };
+    rec.marked = u8::from(!mark.is_null());
+    if write(meta, &rec) && !mark.is_null() {
+        unsafe { *mark = if rec.quiet() { rec.digest() } else { 0 } };
+    }
+    0
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/bpf_sk_storage_map")]
+pub fn observer_marked(ctx: *mut IterMarkCtx) -> i32 {
+    let meta = unsafe { (*ctx).meta };
+    let sk = unsafe { (*ctx).sk };
+    let mark = unsafe { (*ctx).value };
+    if sk.is_null() || mark.is_null() {
         return 0;
     }
-    let net: *const u8 = load(base, off!(skc_net));
-    let family: u16 = load(base, off!(skc_family));
-    let mut rec = SockRecord {
-        sk: skc as u64,
-        netns: if net.is_null() { 0 } else { load(net, off!(net_inum)) },
-        state,
-        family: family as u8,
-        sport: load(base, off!(skc_num)),
-        dport: u16::from_be(load(base, off!(skc_dport))),
-        ..SockRecord::default()
+    // Only full sockets carry marks.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk) } as *const u8;
+    if tp.is_null() {
+        return 0;
+    }
+    // What decides whether the record crosses first; the rest only for
+    // those that do.
+    let mut rec = SockRecord { marked: 1, ..SockRecord::default() };
+    core(sk as *const u8, tp, &mut rec);
+    let quiet = rec.quiet();
+    let digest = rec.digest();
+    if quiet && unsafe { *mark } == digest {
+        let item = [marks::ALIVE_TAG, rec.sk];
+        let ret = unsafe { bpf_seq_write((*meta).seq.cast(), item.as_ptr().cast(), 16) };
+        if ret != 0 && ret != EOVERFLOW {
+            count_drop(drop_reason::ITER_WRITE_FAILED);
+        }
+        return 0;
+    }
+    rest(sk as *const u8, tp, &mut rec);
+    // The mark changes only once the record is written: a record the read
+    // buffer could not take is shown again, and must cross then.
+    if write(meta, &rec) {
+        unsafe { *mark = if quiet { digest } else { 0 } };
+    }
+    0
+}
+
+/// Writes `rec` to the reader; true once it is in the buffer.
+#[inline(always)]
+fn write(meta: *mut IterMeta, rec: &SockRecord) -> bool {
+    let seq = unsafe { (*meta).seq };
+    let len = core::mem::size_of::<SockRecord>() as u32;
+    // -EOVERFLOW is flow control, not loss: the read buffer is full and the
+    // kernel shows this socket again at the start of the next read().
+    let ret = unsafe { bpf_seq_write(seq.cast(), (rec as *const SockRecord).cast(), len) };
+    if ret != 0 && ret != EOVERFLOW {
+        count_drop(drop_reason::ITER_WRITE_FAILED);
+    }
+    ret == 0
+}
+
+/// Fills `rec` (zeroed) with the socket at the typed pointer `skc`, and
+/// returns the socket as a `struct tcp_sock *` (null for a TIME_WAIT socket,
+/// which is only its `sock_common`); None for request sockets, which belong
+/// to no process yet. Filled in place: two records on the stack would not
+/// fit in its 512 bytes.
+#[inline(always)]
+fn record(skc: *mut c_void, rec: &mut SockRecord) -> Option<*const u8> {
+    let base = skc as *const u8;
+    let state: u8 = load(base, off!(skc_state));
+    if state == tcp_state::NEW_SYN_RECV {
+        return None;
+    }
+    // A TIME_WAIT socket is never read beyond its `sock_common` (the
+    // tcp_sock fields do not exist there). The helper also answers NULL
+    // for anything that is not a full TCP socket.
+    let tp = if state == tcp_state::TIME_WAIT {
+        core::ptr::null()
+    } else {
+        unsafe { bpf_skc_to_tcp_sock(skc) as *const u8 }
     };
+    core(base, tp, rec);
+    rest(base, tp, rec);
+    Some(tp)
+}
+
+/// What `SockRecord::quiet` and `SockRecord::digest` read, and what the
+/// probes recorded for the socket.
+#[inline(always)]
+fn core(base: *const u8, tp: *const u8, rec: &mut SockRecord) {
+    rec.sk = base as u64;
+    rec.state = load(base, off!(skc_state));
+    let net: *const u8 = load(base, off!(skc_net));
+    rec.netns = if net.is_null() { 0 } else { load(net, off!(net_inum)) };
+    if tp.is_null() {
+        return;
+    }
+    rec.inode = inode(tp);
+    rec.pending = load(tp, off!(icsk_pending));
+    rec.backoff = load(tp, off!(icsk_backoff));
+    rec.probes_out = load(tp, off!(icsk_probes_out));
+    rec.write_seq = load(tp, off!(write_seq));
+    rec.snd_nxt = load(tp, off!(snd_nxt));
+    rec.snd_una = load(tp, off!(snd_una));
+    rec.snd_wnd = load(tp, off!(snd_wnd));
+    rec.wmem_queued = load(tp, off!(sk_wmem_queued));
+    rec.total_retrans = load(tp, off!(total_retrans));
+    // Whether the probes still hold the socket is part of what must not
+    // change for a quiet record to stay home: an entry the LRU evicted has
+    // to be noticed (and counted) to be put back.
+    if let Some(ev) = SOCKS.get_ptr(rec.sk) {
+        rec.events = unsafe { *ev };
+        rec.has_events = 1;
+    }
+}
+
+/// The rest of the record.
+#[inline(always)]
+fn rest(base: *const u8, tp: *const u8, rec: &mut SockRecord) {
+    let family: u16 = load(base, off!(skc_family));
+    rec.family = family as u8;
+    rec.sport = load(base, off!(skc_num));
+    rec.dport = u16::from_be(load(base, off!(skc_dport)));
     if family == AF_INET6 {
         rec.saddr = load(base, off!(skc_v6_rcv_saddr));
         rec.daddr = load(base, off!(skc_v6_daddr));
@@ -71,24 +207,17 @@ pub fn observer_sockets(ctx: *mut IterTcpCtx) -> i32 {
         rec.saddr[..4].copy_from_slice(&s);
         rec.daddr[..4].copy_from_slice(&d);
     }
-    // A TIME_WAIT socket is only its `sock_common`: counted, never read
-    // beyond it (the tcp_sock fields do not exist there). The helper also
-    // answers NULL for anything that is not a full TCP socket.
-    if state != tcp_state::TIME_WAIT {
-        let tp = unsafe { bpf_skc_to_tcp_sock(skc) } as *const u8;
-        if !tp.is_null() {
-            full(tp, &mut rec);
-        }
+    if tp.is_null() {
+        return;
     }
-    let seq = unsafe { (*meta).seq };
-    let len = core::mem::size_of::<SockRecord>() as u32;
-    // -EOVERFLOW is flow control, not loss: the read buffer is full and the
-    // kernel shows this socket again at the start of the next read().
-    let ret = unsafe { bpf_seq_write(seq.cast(), (&rec as *const SockRecord).cast(), len) };
-    if ret != 0 && ret != EOVERFLOW {
-        count_drop(drop_reason::ITER_WRITE_FAILED);
-    }
-    0
+    rec.retransmits = load(tp, off!(icsk_retransmits));
+    rec.jiffies = unsafe { bpf_jiffies64() } as u32;
+    rec.rcv_tstamp = load(tp, off!(rcv_tstamp));
+    // Offset 0 marks a kernel without the field.
+    rec.probes_tstamp = if off!(icsk_probes_tstamp) != 0 { load(tp, off!(icsk_probes_tstamp)) } else { 0 };
+    rec.rto = load(tp, off!(icsk_rto));
+    rec.ktime_us = unsafe { bpf_ktime_get_ns() } / 1000;
+    rec.mstamp_us = load(tp, off!(tcp_mstamp));
 }
 
 /// Inode of the socket's file, 0 once no file holds it. Through the file
@@ -107,38 +236,4 @@ fn inode(tp: *const u8) -> u64 {
     }
     let inode: *const u8 = load(file, off!(file_inode));
     if inode.is_null() { 0 } else { load(inode, off!(inode_ino)) }
-}
-
-/// The fields of a full TCP socket (`tp` is its `struct tcp_sock *`; the
-/// offsets are from the start of `struct sock`, which is the same address),
-/// and what the probes recorded for it.
-#[inline(always)]
-fn full(tp: *const u8, rec: &mut SockRecord) {
-    // Sockets the agent tracks were never met by a probe: learn here too.
-    crate::write_timer::learn(tp as u64);
-    *rec = SockRecord {
-        inode: inode(tp),
-        pending: load(tp, off!(icsk_pending)),
-        backoff: load(tp, off!(icsk_backoff)),
-        retransmits: load(tp, off!(icsk_retransmits)),
-        probes_out: load(tp, off!(icsk_probes_out)),
-        write_seq: load(tp, off!(write_seq)),
-        snd_nxt: load(tp, off!(snd_nxt)),
-        snd_una: load(tp, off!(snd_una)),
-        snd_wnd: load(tp, off!(snd_wnd)),
-        wmem_queued: load(tp, off!(sk_wmem_queued)),
-        jiffies: unsafe { bpf_jiffies64() } as u32,
-        rcv_tstamp: load(tp, off!(rcv_tstamp)),
-        // Offset 0 marks a kernel without the field.
-        probes_tstamp: if off!(icsk_probes_tstamp) != 0 { load(tp, off!(icsk_probes_tstamp)) } else { 0 },
-        rto: load(tp, off!(icsk_rto)),
-        total_retrans: load(tp, off!(total_retrans)),
-        ktime_us: unsafe { bpf_ktime_get_ns() } / 1000,
-        mstamp_us: load(tp, off!(tcp_mstamp)),
-        ..*rec
-    };
-    if let Some(ev) = SOCKS.get_ptr(rec.sk) {
-        rec.events = unsafe { *ev };
-        rec.has_events = 1;
-    }
 }

@@ -1,6 +1,9 @@
 //! Reads of kernel struct fields at offsets the agent found in BTF.
 
-use aya_ebpf::helpers::generated::{bpf_probe_read_kernel, bpf_skc_to_tcp_sock};
+use aya_ebpf::{
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    helpers::generated::{bpf_probe_read_kernel, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
+};
 use observer_common::{Offsets, drop_reason};
 
 use crate::maps::count_drop;
@@ -8,6 +11,18 @@ use crate::maps::count_drop;
 /// Filled in by the agent before load (`EbpfLoader::set_global`).
 #[unsafe(no_mangle)]
 pub(crate) static OFFSETS: Offsets = unsafe { core::mem::zeroed() };
+
+/// 1 when the agent has decided this kernel lets tracing programs use
+/// socket-local storage (Linux 5.11+), so sockets get marks. Set before
+/// load: the verifier sees the constant and drops the helper calls of the
+/// other branch, so older kernels still load every program.
+#[unsafe(no_mangle)]
+pub(crate) static MARKING: u32 = 0;
+
+#[inline(always)]
+pub fn marking() -> bool {
+    unsafe { core::ptr::read_volatile(core::ptr::addr_of!(MARKING)) != 0 }
+}
 
 /// One offset, read so the compiler cannot fold the zero initialiser in.
 macro_rules! off {
@@ -60,6 +75,9 @@ pub trait Sock: Copy {
     fn field<T: Copy + Default>(self, offset: u32) -> T;
     /// The pointer stored at `offset`, of the same kind.
     fn follow(self, offset: u32) -> Self;
+    /// Gives the socket a mark (0: its record must cross at the next
+    /// marked-socket sweep). False where marks are off or cannot be had.
+    fn mark(self) -> bool;
     /// The same socket as a full TCP socket, or None for any other kind:
     /// a typed `struct sock *` only reaches `tcp_sock` fields once the
     /// verifier has seen it checked.
@@ -88,6 +106,10 @@ impl Sock for Typed {
         Typed(load(self.0, offset))
     }
     #[inline(always)]
+    fn mark(self) -> bool {
+        marking() && !storage(self.0, BPF_SK_STORAGE_GET_F_CREATE as u64).is_null()
+    }
+    #[inline(always)]
     fn tcp(self) -> Option<Self> {
         let tp = unsafe { bpf_skc_to_tcp_sock(self.0 as *mut core::ffi::c_void) } as *const u8;
         (!tp.is_null()).then_some(Typed(tp))
@@ -108,12 +130,24 @@ impl Sock for Untyped {
         Untyped(read(self.0, offset))
     }
     #[inline(always)]
+    fn mark(self) -> bool {
+        false
+    }
+    #[inline(always)]
     fn tcp(self) -> Option<Self> {
         (protocol(self) == IPPROTO_TCP).then_some(self)
     }
 }
 
 const IPPROTO_TCP: u16 = 6;
+
+/// The mark of the typed socket `sk`, created zeroed with
+/// `BPF_SK_STORAGE_GET_F_CREATE`; null where there is none.
+#[inline(always)]
+pub fn storage(sk: *const u8, flags: u64) -> *mut u64 {
+    let map = core::ptr::addr_of!(crate::maps::MARKS) as *mut core::ffi::c_void;
+    unsafe { bpf_sk_storage_get(map, sk as *mut core::ffi::c_void, core::ptr::null_mut(), flags) }.cast()
+}
 
 #[inline(always)]
 pub fn state(sk: impl Sock) -> u8 {

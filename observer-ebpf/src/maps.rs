@@ -2,10 +2,11 @@
 //! resizes `SOCKS` from `--max-sockets` before loading.
 
 use aya_ebpf::{
-    macros::map,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
-use observer_common::{AgentClocks, PortKey, ProcCounters, SockEvents, drop_reason};
+use observer_common::{AgentClocks, PortKey, ProcCounters, SockEvents, drop_reason, marks};
 
 /// Processes being watched (tgid -> 1). Written by the agent.
 #[map]
@@ -26,6 +27,24 @@ pub static SOCKS: LruHashMap<u64, SockEvents> = LruHashMap::with_max_entries(131
 /// only, pinned so a restarted observer continues from them.
 #[map]
 pub static CLOCKS: HashMap<u64, AgentClocks> = HashMap::with_max_entries(65_536, 0);
+
+/// The mark of every socket the marked-socket sweep visits: the digest of
+/// its record when it last crossed quiet, 0 when it must cross. Socket-local
+/// storage, so it dies with the socket and needs no eviction.
+#[btf_map]
+pub static MARKS: SkStorage<u64> = SkStorage::new();
+
+/// What the probes saw that only a full walk shows, by `marks::HINT_*`.
+#[map]
+pub static HINTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(marks::HINT_COUNT, 0);
+
+#[inline(always)]
+pub fn hint(slot: u32) {
+    if let Some(n) = HINTS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no other writer on this CPU while we run.
+        unsafe { *n += 1 };
+    }
+}
 
 /// Event counters per owning process.
 #[map]

@@ -2,11 +2,11 @@
 //! hook ends up here with the socket's address, so the policy is written once.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns};
-use observer_common::{FLAG_APP_CLOSED, FLAG_COUNTED_OPEN, PortKey, SockEvents, drop_reason, tcp_state, timer};
+use observer_common::{FLAG_APP_CLOSED, FLAG_COUNTED_OPEN, PortKey, SockEvents, drop_reason, marks, tcp_state, timer};
 
 use crate::{
     kernel::{self, Sock},
-    maps::{Counter, SOCKS, TARGET_PORTS, TARGET_TGIDS, bump, bump_by, count_drop},
+    maps::{Counter, SOCKS, TARGET_PORTS, TARGET_TGIDS, bump, bump_by, count_drop, hint},
 };
 
 #[inline(always)]
@@ -40,6 +40,11 @@ fn start(sk: impl Sock, owner: u32, flags: u32, now: u64, birth: bool) -> bool {
     };
     // BPF_ANY (0) at birth; BPF_NOEXIST (1) otherwise, never to clobber
     // what another CPU recorded first.
+    // A mark, so the marked-socket sweeps visit it; without one only a
+    // full walk shows it, which the hint asks for.
+    if !sk.mark() {
+        hint(marks::HINT_UNMARKED);
+    }
     match SOCKS.insert(sk.addr(), events, if birth { 0 } else { 1 }) {
         Ok(()) => true,
         Err(-17) => true, // EEXIST
@@ -149,6 +154,23 @@ pub fn on_state(sk: impl Sock, old: i32, new: i32) {
             }
         }
         return;
+    }
+    if new == tcp_state::LISTEN {
+        // listen() runs in the caller's context: a target's new listener
+        // must reach the marked-socket sweeps (its port attributes accepts).
+        if is_target(current_tgid()) && !sk.mark() {
+            hint(marks::HINT_UNMARKED);
+        }
+        return;
+    }
+    if new == tcp_state::CLOSE
+        && matches!(old, tcp_state::FIN_WAIT1 | tcp_state::FIN_WAIT2 | tcp_state::CLOSING)
+        && SOCKS.get_ptr(sk.addr()).is_some_and(|ev| is_target(unsafe { (*ev).owner_tgid }))
+    {
+        // A TIME_WAIT socket may take its place, which no mark can follow.
+        // Only a watched process's: the agent gives each target socket an
+        // entry, and other sockets of the namespace close all the time.
+        hint(marks::HINT_TIME_WAIT);
     }
     // FIN_WAIT1 and LAST_ACK follow only close() or shutdown(), which run in
     // the context of the process that holds the socket: that process is the

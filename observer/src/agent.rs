@@ -13,13 +13,21 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
 use log::{debug, warn};
-use observer_common::{AgentClocks, PortKey, ProcCounters, SockEvents, SockRecord, drop_reason};
+use observer_common::{AgentClocks, PortKey, ProcCounters, SockEvents, SockRecord, drop_reason, marks};
 
 use crate::{
     classify::Thresholds,
     metrics::{self, Metrics},
-    probes::{backend::Backend, errors::ProbeError, loader::Probes},
-    sockets::{diag, iter, listing, table::SocketTable},
+    probes::{
+        backend::Backend,
+        errors::ProbeError,
+        loader::{Probes, Sweeps},
+    },
+    sockets::{
+        diag, iter, listing,
+        marked::{Marked, MarkedSweeps},
+        table::{SocketTable, SweepActions},
+    },
     target::{self, Selector},
 };
 
@@ -31,6 +39,7 @@ pub struct KernelMaps {
     clocks: BpfHashMap<MapData, u64, AgentClocks>,
     counters: PerCpuHashMap<MapData, u32, ProcCounters>,
     drops: PerCpuArray<MapData, u64>,
+    hints: PerCpuArray<MapData, u64>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -50,6 +59,7 @@ impl KernelMaps {
             clocks: take(probes, "CLOCKS")?,
             counters: take(probes, "COUNTERS")?,
             drops: take(probes, "DROPS")?,
+            hints: take(probes, "HINTS")?,
         })
     }
 }
@@ -95,6 +105,11 @@ pub struct Agent {
     ports: HashMap<(u32, u16), u32>,
     last_counters: HashMap<u32, ProcCounters>,
     last_drops: [u64; drop_reason::COUNT as usize],
+    /// The marked-socket sweep, where the kernel allows it; sweeps since
+    /// the last full walk, and the probes' hints as last read.
+    marked: Option<MarkedSweeps>,
+    since_walk: u32,
+    last_hints: [u64; marks::HINT_COUNT as usize],
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +142,11 @@ pub fn own_map_memory() -> u64 {
 /// Sweeps between full reads of the targets' `/proc/PID/fd`.
 const FULL_SCAN_EVERY: u32 = 10;
 
+/// Sweeps between full walks of the namespaces' TCP sockets when marked
+/// sweeps stand in: the walk also takes the TIME_WAIT sockets into account
+/// and catches whatever no mark or hint announced.
+const WALK_EVERY: u32 = 60;
+
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns` reads.
 pub fn monotonic_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
@@ -156,6 +176,18 @@ impl Agent {
             Backend::SockDiag(_) => (None, diag::TICK_NS),
             Backend::Ebpf(probes) => (Some(KernelMaps::take(probes)?), jiffy_ns()),
         };
+        // Linked now, while the start-up privileges are still held.
+        let marked = match &mut backend {
+            Backend::Ebpf(probes) if probes.sweeps == Sweeps::Marked => match MarkedSweeps::attach(&probes.ebpf) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    warn!("marked-socket sweeps unavailable, every sweep walks all sockets: {e}");
+                    probes.sweeps = Sweeps::FullWalks { why: e.to_string() };
+                    None
+                }
+            },
+            _ => None,
+        };
         Ok(Agent {
             backend,
             maps,
@@ -178,6 +210,9 @@ impl Agent {
             ports: HashMap::new(),
             last_counters: HashMap::new(),
             last_drops: [0; drop_reason::COUNT as usize],
+            marked,
+            since_walk: 0,
+            last_hints: [0; marks::HINT_COUNT as usize],
         })
     }
 
@@ -215,6 +250,9 @@ impl Agent {
             }
             Backend::Ebpf(probes) => iter::read_sockets(&mut probes.ebpf, None)?,
         };
+        if let Some(marked) = self.marked.as_mut() {
+            marked.read()?;
+        }
         let Some(maps) = self.maps.as_mut() else {
             return Ok(());
         };
@@ -269,35 +307,43 @@ impl Agent {
         let mut targets: HashSet<u32> = scan.pids.iter().copied().collect();
 
         let t_scan = t0.elapsed();
-        let mut records = self.read_records(&scan)?;
-        // The probes attribute a new connection to a target (by sender, by
-        // listening port) before its file shows up in a file table; before
-        // trusting them, read who holds it now.
         let mut full_scan = rescan;
-        if !full_scan && self.table.needs_owner_scan(&records, &scan.inode_owner, &targets) {
-            scan = target::scan(&pids);
-            targets = scan.pids.iter().copied().collect();
-            self.since_full_scan = 0;
-            full_scan = true;
-            // Sockets accepted since the records were read belong to the next sweep.
-            records = self.read_records(&scan)?;
-        }
-
-        if std::mem::take(&mut self.purge_stale_on_first_sweep) {
-            self.purge_stale(&records);
-        }
-        let t_iter = t0.elapsed();
-        let now = monotonic_ns();
-        self.table.keep_unread(&self.unread_netns);
-        let actions = self.table.sweep(now, &records, &scan.inode_owner, &targets, full_scan, &self.thresholds);
+        let actions = match self.read_marked() {
+            Some(m) => {
+                if !full_scan && self.table.needs_owner_scan(&m.records, &scan.inode_owner, &targets) {
+                    scan = target::scan(&pids);
+                    targets = scan.pids.iter().copied().collect();
+                    self.since_full_scan = 0;
+                    full_scan = true;
+                }
+                // A file-table read between walks is applied to the table; a
+                // socket it shows that the table lacks needs a walk to be seen.
+                if full_scan && self.table.reown(&scan.inode_owner) {
+                    self.walk(&scan, &targets, full_scan)?
+                } else {
+                    let now = monotonic_ns();
+                    self.since_walk += 1;
+                    self.metrics.marked_sweeps.inc();
+                    self.metrics.sweep_records_read.inc_by(m.records.len() as u64);
+                    self.metrics.sweep_bytes_read.inc_by(m.bytes as u64);
+                    self.table.merge(now, &m.records, &m.alive, &scan.inode_owner, &targets, &self.thresholds)
+                }
+            }
+            None => {
+                let (actions, rescanned) = self.walk_with_owners(&mut scan, &pids, full_scan)?;
+                if rescanned {
+                    targets = scan.pids.iter().copied().collect();
+                    full_scan = true;
+                }
+                actions
+            }
+        };
         debug!(
-            "sweep: /proc scan {:?} ({} target sockets{}), socket read {:?} ({} records), table {:?}",
+            "sweep: /proc scan {:?} ({} target sockets{}), total {:?}",
             t_scan,
             scan.inode_owner.len(),
             if full_scan { ", full" } else { "" },
-            t_iter - t_scan,
-            records.len(),
-            t0.elapsed() - t_iter
+            t0.elapsed(),
         );
         self.save_state();
         self.save_clocks();
@@ -344,6 +390,90 @@ impl Agent {
         self.scan = Some(scan);
         *self.shared.last_sweep.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
         Ok(())
+    }
+
+    /// The marked-socket sweep's read, when this sweep may be one: marks
+    /// are available, every socket of the table carries one, and the probes
+    /// saw nothing only a walk shows. None: walk.
+    fn read_marked(&mut self) -> Option<Marked> {
+        self.marked.as_ref()?;
+        let hinted = self.read_hints();
+        let due = self.metrics.sweeps.get() == 0 || self.since_walk >= WALK_EVERY;
+        if hinted || due || !self.unread_netns.is_empty() || !self.table.all_marked() {
+            return None;
+        }
+        match self.marked.as_mut()?.read() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                self.metrics.sweep_errors.inc();
+                warn!("marked-socket sweep failed, walking instead: {e}");
+                None
+            }
+        }
+    }
+
+    /// Whether the probes left a hint since the last read (`marks::HINT_*`).
+    fn read_hints(&mut self) -> bool {
+        let Some(maps) = self.maps.as_ref() else { return false };
+        let mut hinted = false;
+        for slot in 0..marks::HINT_COUNT {
+            let Ok(per_cpu) = maps.hints.get(&slot, 0) else { continue };
+            let total: u64 = per_cpu.iter().sum();
+            hinted |= total != std::mem::replace(&mut self.last_hints[slot as usize], total);
+        }
+        hinted
+    }
+
+    /// A full walk of the watched namespaces, re-reading the file tables
+    /// first when the probes attribute a socket they have not seen. True
+    /// in the second place when it re-read them.
+    fn walk_with_owners(
+        &mut self,
+        scan: &mut target::Scan,
+        pids: &[u32],
+        full_scan: bool,
+    ) -> Result<(SweepActions, bool), SweepError> {
+        let targets: HashSet<u32> = scan.pids.iter().copied().collect();
+        let records = self.read_records(scan)?;
+        // The probes attribute a new connection to a target (by sender, by
+        // listening port) before its file shows up in a file table; before
+        // trusting them, read who holds it now.
+        if !full_scan && self.table.needs_owner_scan(&records, &scan.inode_owner, &targets) {
+            *scan = target::scan(pids);
+            self.since_full_scan = 0;
+            // Sockets accepted since the records were read belong to the next sweep.
+            let targets: HashSet<u32> = scan.pids.iter().copied().collect();
+            return Ok((self.walk(scan, &targets, true)?, true));
+        }
+        Ok((self.apply_records(&records, scan, &targets, full_scan), false))
+    }
+
+    /// A full walk of the watched namespaces, into the table.
+    fn walk(
+        &mut self,
+        scan: &target::Scan,
+        targets: &HashSet<u32>,
+        full_scan: bool,
+    ) -> Result<SweepActions, SweepError> {
+        let records = self.read_records(scan)?;
+        Ok(self.apply_records(&records, scan, targets, full_scan))
+    }
+
+    fn apply_records(
+        &mut self,
+        records: &[SockRecord],
+        scan: &target::Scan,
+        targets: &HashSet<u32>,
+        full_scan: bool,
+    ) -> SweepActions {
+        if std::mem::take(&mut self.purge_stale_on_first_sweep) {
+            self.purge_stale(records);
+        }
+        self.since_walk = 0;
+        self.metrics.sweep_records_read.inc_by(records.len() as u64);
+        self.metrics.sweep_bytes_read.inc_by(std::mem::size_of_val(records) as u64);
+        self.table.keep_unread(&self.unread_netns);
+        self.table.sweep(monotonic_ns(), records, &scan.inode_owner, targets, full_scan, &self.thresholds)
     }
 
     /// Continues from the clocks an earlier observer kept (`--state-file`).

@@ -106,6 +106,12 @@ pub struct Metrics {
     pub probe_info: Family<ProbeLabel, Gauge>,
     pub sweeps: Counter,
     pub sweep_errors: Counter,
+    /// Sweeps that read only the marked sockets that changed.
+    pub marked_sweeps: Counter,
+    /// Socket records the sweeps read from the kernel, and all bytes read
+    /// (records and the alive words of unchanged quiet sockets).
+    pub sweep_records_read: Counter,
+    pub sweep_bytes_read: Counter,
     pub sweep_duration: Gauge<f64, AtomicU64>,
     pub kernel_map: Gauge,
     pub per_pid: Option<PerPid>,
@@ -232,6 +238,22 @@ impl Metrics {
         r.register("probe_info", "Attach method each hook uses on this kernel (value 1)", self.probe_info.clone());
         r.register("sweeps", "Reconciliation sweeps against the kernel's socket table", self.sweeps.clone());
         r.register("sweep_errors", "Sweeps that failed", self.sweep_errors.clone());
+        r.register(
+            "marked_sweeps",
+            "Sweeps that visited only the marked sockets and read only those that changed, instead of walking every TCP socket of the watched namespaces",
+            self.marked_sweeps.clone(),
+        );
+        r.register(
+            "sweep_records_read",
+            "Socket records the sweeps read from the kernel",
+            self.sweep_records_read.clone(),
+        );
+        r.register_with_unit(
+            "sweep_read",
+            "What crossed from the kernel to the agent in the sweeps: records, and one word per unchanged quiet socket",
+            Unit::Bytes,
+            self.sweep_bytes_read.clone(),
+        );
         r.register_with_unit(
             "sweep_duration",
             "Duration of the last sweep",

@@ -11,8 +11,8 @@ use crate::{
     cli,
     metrics::{Metrics, ProbeLabel},
     probes::{
-        backend::{self, Wanted},
-        loader::LoadOptions,
+        backend::{self, Backend, Wanted},
+        loader::{LoadOptions, Sweeps},
         pins::PinDir,
     },
     sockets, target,
@@ -60,6 +60,14 @@ pub fn start_agent(
         info!("hook {:<10} method {:<14} {}", r.hook.name(), r.method_label(), r.target);
         for (m, why) in &r.passed_over {
             info!("    passed over {m}: {why}");
+        }
+    }
+    if let Backend::Ebpf(probes) = &backend {
+        match &probes.sweeps {
+            Sweeps::Marked => {
+                info!("sweeps: the marked sockets that changed, between full walks of the namespaces' TCP sockets")
+            }
+            Sweeps::FullWalks { why } => info!("sweeps: every sweep walks all TCP sockets ({why})"),
         }
     }
     let mut agent = Agent::new(backend, selector, sweep.thresholds(), metrics, shared)?;

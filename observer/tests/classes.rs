@@ -145,7 +145,9 @@ fn every_class_holds_per_socket_on_every_sweep() {
     let want: BTreeMap<&str, usize> =
         [("dead_peer", 4), ("close_wait", 2), ("orphaned", 1), ("zero_window", 2), ("connect", 2)].into();
     let mut draining_seen = 0;
+    let mut scrapes: Vec<Scrape> = Vec::new();
     let checked = every_sweep(&obs, 12, Some(&ns), |look| {
+        scrapes.push(look.metrics.clone());
         let bad = mismatches(&lab, look, false);
         assert!(bad.is_empty(), "sweep {}: {bad:#?}", look.sweep);
         for (class, n) in &want {
@@ -158,6 +160,8 @@ fn every_class_holds_per_socket_on_every_sweep() {
             .count();
     });
     assert!(draining_seen > 0, "the drain orphans were draining during the window (sweeps {checked:?})");
+    // The checks above covered marked-socket sweeps where the kernel has them.
+    assert_sweep_path(&scrapes[0], &scrapes[scrapes.len() - 1]);
 
     // Retransmitted segments: the kernel's own count for the namespace
     // (only the server sends there), over the same stretch.

@@ -130,7 +130,9 @@ pub struct SockRecord {
     pub sport: u16,
     pub dport: u16,
     pub has_events: u8,
-    pub _pad: u8,
+    /// 1 when the socket carries a mark in `MARKS`, so the marked-socket
+    /// sweep will visit it.
+    pub marked: u8,
     pub write_seq: u32,
     pub snd_nxt: u32,
     pub snd_una: u32,
@@ -189,6 +191,71 @@ pub mod drop_reason {
     pub const READ_FAILED: u32 = 2;
     pub const ITER_WRITE_FAILED: u32 = 3;
     pub const COUNT: u32 = 4;
+}
+
+/// Marked-socket sweeps: between full walks of the TCP tables the agent
+/// iterates only the sockets that carry a mark (`MARKS`, socket-local
+/// storage), and the kernel sends it only those that are not quiet or have
+/// changed since they last crossed.
+pub mod marks {
+    /// `HINTS` slots: what the probes saw that a marked-socket sweep cannot.
+    /// A target's socket closed from FIN_WAIT1/FIN_WAIT2/CLOSING: a TIME_WAIT
+    /// socket may have replaced it, which only a full walk shows.
+    pub const HINT_TIME_WAIT: u32 = 0;
+    /// A socket started being tracked without a mark (marking unavailable
+    /// or refused): only a full walk shows it.
+    pub const HINT_UNMARKED: u32 = 1;
+    pub const HINT_COUNT: u32 = 2;
+
+    /// A quiet socket that has not changed crosses as two words: this tag,
+    /// whose top bit is clear where a kernel address (and so a record's
+    /// first field) has it set, then its address. (The verifier allows no
+    /// arithmetic on the address, so it is not folded into the tag.)
+    pub const ALIVE_TAG: u64 = 1;
+
+    /// Whether `word`, the first of an item in the marked-socket stream,
+    /// starts a full record rather than being an alive mark.
+    #[inline(always)]
+    pub fn starts_record(word: u64) -> bool {
+        word >> 63 == 1
+    }
+}
+
+impl SockRecord {
+    /// Established with nothing queued, sent or outstanding and no timer
+    /// armed: a socket no class can claim however long it stays so, whose
+    /// record therefore need not cross again until it changes.
+    #[inline(always)]
+    pub fn quiet(&self) -> bool {
+        self.state == tcp_state::ESTABLISHED
+            && self.inode != 0
+            && self.snd_una == self.snd_nxt
+            && self.write_seq == self.snd_nxt
+            && self.snd_wnd != 0
+            && self.wmem_queued == 0
+            && self.pending == 0
+            && self.backoff == 0
+            && self.probes_out == 0
+    }
+
+    /// What a quiet socket's record must keep for it not to cross again.
+    /// Never 0, which marks "unknown: send the record".
+    #[inline(always)]
+    pub fn digest(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for v in [
+            u64::from(self.state),
+            self.inode,
+            u64::from(self.snd_una),
+            u64::from(self.snd_wnd),
+            u64::from(self.total_retrans),
+            u64::from(self.netns),
+            u64::from(self.has_events),
+        ] {
+            h = (h ^ v).wrapping_mul(0x0100_0000_01b3);
+        }
+        h | 1
+    }
 }
 
 /// `icsk_pending` values (include/net/inet_connection_sock.h).

@@ -70,6 +70,25 @@ pub struct Probes {
     pub caps: Capabilities,
     /// One per hook, in `Hook::ALL` order.
     pub choices: Vec<Choice>,
+    pub sweeps: Sweeps,
+}
+
+/// How the sweeps read the sockets, decided once at load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Sweeps {
+    /// Every sweep walks every TCP socket of the watched namespaces.
+    FullWalks { why: String },
+    /// Between full walks, sweeps visit only the marked sockets and read
+    /// only what changed (`sockets::marked`).
+    Marked,
+}
+
+/// Tracing programs may use socket-local storage since Linux 5.11
+/// (`bpf_sk_storage_get` from tp_btf, fentry and iterators). A kernel that
+/// backported it earlier just keeps full walks.
+fn marking_supported() -> bool {
+    use aya::util::KernelVersion;
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(5, 11, 0))
 }
 
 /// What loading needs to know of the running kernel: its capabilities, the
@@ -115,8 +134,13 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
     let (caps, offsets, aya_btf) = kernel_facts(opts)?;
     raise_memlock();
 
+    let marking = u32::from(marking_supported());
     let mut loader = EbpfLoader::new();
-    loader.btf(Some(&aya_btf)).override_global("OFFSETS", &offsets, true).map_max_entries("SOCKS", opts.max_sockets);
+    loader
+        .btf(Some(&aya_btf))
+        .override_global("OFFSETS", &offsets, true)
+        .override_global("MARKING", &marking, true)
+        .map_max_entries("SOCKS", opts.max_sockets);
     let pin_paths: Vec<(&str, PathBuf)> =
         opts.pins.iter().flat_map(|p| super::pins::PINNED_MAPS.map(|m| (m, p.path.join(m)))).collect();
     for (name, path) in &pin_paths {
@@ -158,7 +182,27 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
         }
         choices.push(choice);
     }
-    Ok(Probes { ebpf, caps, choices })
+    let sweeps = if marking == 0 {
+        Sweeps::FullWalks { why: "socket-local storage needs Linux 5.11 in tracing programs".into() }
+    } else {
+        load_marked(&mut ebpf, &aya_btf)
+    };
+    Ok(Probes { ebpf, caps, choices, sweeps })
+}
+
+fn load_marked(ebpf: &mut Ebpf, btf: &AyaBtf) -> Sweeps {
+    let loaded = program(ebpf, crate::sockets::marked::PROGRAM).and_then(|prog| {
+        let p: &mut Iter = prog.try_into().map_err(Rejection::Refused)?;
+        p.load("bpf_sk_storage_map", btf).map_err(Rejection::Refused)
+    });
+    match loaded {
+        Ok(()) => Sweeps::Marked,
+        Err(why) => {
+            let why = why.to_string();
+            log::warn!("marked-socket sweeps unavailable, every sweep walks all sockets: {why}");
+            Sweeps::FullWalks { why }
+        }
+    }
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Program, Rejection> {
@@ -245,9 +289,11 @@ pub type Verdicts = Vec<(&'static Attach, Result<(), Rejection>)>;
 pub fn verify_all(opts: &LoadOptions) -> Result<Verdicts, ProbeError> {
     let (_, offsets, aya_btf) = kernel_facts(opts)?;
     raise_memlock();
+    let marking = u32::from(marking_supported());
     let mut ebpf = EbpfLoader::new()
         .btf(Some(&aya_btf))
         .override_global("OFFSETS", &offsets, true)
+        .override_global("MARKING", &marking, true)
         .load(OBJECT)
         .map_err(|e| ProbeError::Object(e.into()))?;
     Ok(plan::PLAN.iter().map(|a| (a, verify_one(&mut ebpf, a, &aya_btf))).collect())

@@ -3,5 +3,6 @@
 pub mod diag;
 pub mod iter;
 pub mod listing;
+pub mod marked;
 pub mod state_file;
 pub mod table;

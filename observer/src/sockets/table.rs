@@ -90,12 +90,16 @@ pub struct SocketTable {
     /// orphan stays its closer's after that process exits.
     known_owners: HashSet<u32>,
     /// Sockets with a file that no target held at the last full read of
-    /// the file tables (passed away, or accepted by another process).
-    disowned: HashSet<u64>,
+    /// the file tables (passed away, or accepted by another process), with
+    /// that file's inode.
+    disowned: HashMap<u64, u64>,
     /// What a previous observer knew (`--state-file`), taken at first sight.
     seeds: HashMap<u64, Seed>,
     /// Namespaces the next sweep could not read: their sockets stay as they were.
     unread: HashSet<u32>,
+    /// Socket inodes of the targets that the last full walk showed are not
+    /// TCP sockets (UDP, unix).
+    foreign_inodes: HashSet<u64>,
 }
 
 /// Aggregates over the table for one set of owners.
@@ -185,7 +189,7 @@ impl SocketTable {
                 && r.has_events != 0
                 && targets.contains(&r.events.owner_tgid)
                 && !inode_owner.contains_key(&r.inode)
-                && !self.disowned.contains(&r.sk)
+                && !self.disowned.contains_key(&r.sk)
         })
     }
 
@@ -195,9 +199,10 @@ impl SocketTable {
         &self.known_owners
     }
 
-    /// Replaces the table with the target sockets among `records`.
-    /// `inode_owner` maps the socket inodes of every target to its PID, read
-    /// afresh when `full_scan`; `targets` are the PIDs being watched.
+    /// Replaces the table with the target sockets among `records`, a full
+    /// walk of the watched namespaces. `inode_owner` maps the socket inodes
+    /// of every target to its PID, read afresh when `full_scan`; `targets`
+    /// are the PIDs being watched.
     pub fn sweep(
         &mut self,
         now: u64,
@@ -211,72 +216,168 @@ impl SocketTable {
         // Updated in place and pruned by generation: at 100k sockets a
         // second map per sweep would double the agent's memory.
         self.generation += 1;
-        let generation = self.generation;
         self.known_owners.extend(targets.iter().copied());
         if full_scan {
             self.disowned.clear();
         }
         let listeners = listener_owners(records, inode_owner);
         for rec in records {
-            let seeded = match self.seeds.remove(&rec.sk) {
-                Some(s) if state_file::matches(&s, rec) && !self.socks.contains_key(&rec.sk) => {
-                    Some(state_file::as_tracked(&s, rec))
-                }
-                _ => None,
-            };
-            let prev = self.socks.get(&rec.sk).or(seeded.as_ref());
-            let known = |pid: &u32| self.known_owners.contains(pid);
-            let from_events = (rec.has_events != 0).then_some(rec.events.owner_tgid).filter(known);
-            let owner = if rec.inode != 0 {
-                // A file holds it: the file tables say whose it is. Between
-                // their full reads, a socket they have not seen yet (a new
-                // connection) is the probes' to attribute.
-                match inode_owner.get(&rec.inode) {
-                    Some(&pid) => Some(pid),
-                    None if full_scan => {
-                        if from_events.is_some() || prev.is_some() {
-                            self.disowned.insert(rec.sk);
-                        }
-                        None
-                    }
-                    None if self.disowned.contains(&rec.sk) => None,
-                    None => from_events,
-                }
-            } else if rec.has_events != 0 && rec.events.flags & FLAG_APP_CLOSED != 0 {
-                // Closed: its owner is the process that closed it, if that
-                // was (or is) a target; one that was handed the socket and
-                // closed it is not ours.
-                from_events
-            } else {
-                // Not accepted yet, or orphaned before the probes saw it
-                // (closed before this observer started, and no pinned
-                // state): the target listening on its port accepted it.
-                from_events
-                    .or_else(|| prev.map(|p| p.owner).filter(known))
-                    .or_else(|| listeners.get(&(rec.netns, rec.sport)).copied().flatten())
-            };
-            let Some(owner) = owner else { continue };
-            let t = update(prev, owner, rec, now, self.tick_ns, thresholds);
-            if t.is_listener() {
-                actions.listen_ports.insert((rec.netns, rec.sport), owner);
-            }
-            if rec.has_events == 0 {
-                if prev.is_some_and(|p| p.kernel_tracked && p.record.has_events != 0) {
-                    actions.evicted += 1;
-                }
-                if !t.is_listener() && rec.state != tcp_state::TIME_WAIT {
-                    actions.track.push((rec.sk, t.as_events(now)));
-                }
-            }
-            self.socks.insert(rec.sk, Tracked { seen: generation, ..t });
+            self.absorb(rec, now, inode_owner, &listeners, full_scan, thresholds, &mut actions);
+        }
+        // Inodes of the targets that are no TCP socket of theirs (UDP,
+        // unix): known, so a later file-table read does not ask for a walk.
+        if full_scan {
+            let tcp: HashSet<u64> = records.iter().map(|r| r.inode).collect();
+            self.foreign_inodes = inode_owner.keys().copied().filter(|i| !tcp.contains(i)).collect();
         }
         let unread = std::mem::take(&mut self.unread);
+        self.finish(targets, &unread);
+        actions
+    }
+
+    /// A marked-socket sweep (`sockets::marked`): `records` are the sockets
+    /// that crossed (not quiet, or changed), `alive` the quiet ones that did
+    /// not change, whose entries stand as they are. A marked socket in
+    /// neither has closed. Only valid while every entry is marked
+    /// ([`Self::all_marked`]): others the marked sweep cannot see.
+    pub fn merge(
+        &mut self,
+        now: u64,
+        records: &[SockRecord],
+        alive: &[u64],
+        inode_owner: &HashMap<u64, u32>,
+        targets: &HashSet<u32>,
+        thresholds: &Thresholds,
+    ) -> SweepActions {
+        let mut actions = SweepActions::default();
+        self.generation += 1;
+        let generation = self.generation;
+        self.known_owners.extend(targets.iter().copied());
+        let listeners = listener_owners(records, inode_owner);
+        for rec in records {
+            self.absorb(rec, now, inode_owner, &listeners, false, thresholds, &mut actions);
+        }
+        for sk in alive {
+            if let Some(t) = self.socks.get_mut(sk) {
+                // Quiet since it last crossed: nothing outstanding, window
+                // open, so what `update` would say of a fresh record.
+                t.seen = generation;
+                t.progress_at = now;
+                t.open_at = now;
+            }
+        }
+        // Listening sockets are never quiet, so all of them crossed.
+        for t in self.socks.values().filter(|t| t.seen == generation && t.is_listener()) {
+            actions.listen_ports.insert((t.record.netns, t.record.sport), t.owner);
+        }
+        self.finish(targets, &HashSet::new());
+        actions
+    }
+
+    /// Applies a fresh read of the targets' file tables to the table
+    /// without a walk: a socket whose file no target holds any more is no
+    /// longer theirs. True when the tables show a socket the table does not
+    /// know (handed over, or missed): then only a full walk can tell.
+    pub fn reown(&mut self, inode_owner: &HashMap<u64, u32>) -> bool {
+        // One a target holds again is not in the table: it counts as unknown below.
+        self.disowned.retain(|_, inode| !inode_owner.contains_key(inode));
+        let mut known = HashSet::with_capacity(self.socks.len());
+        let mut gone = Vec::new();
+        for (sk, t) in self.socks.iter_mut().filter(|(_, t)| t.record.inode != 0) {
+            known.insert(t.record.inode);
+            match inode_owner.get(&t.record.inode) {
+                Some(&pid) => t.owner = pid,
+                None => gone.push(*sk),
+            }
+        }
+        for sk in gone {
+            if let Some(t) = self.socks.remove(&sk) {
+                self.disowned.insert(sk, t.record.inode);
+            }
+        }
+        inode_owner.keys().any(|i| !known.contains(i) && !self.foreign_inodes.contains(i))
+    }
+
+    /// Whether every socket of the table carries a mark, so that a
+    /// marked-socket sweep sees all of them (TIME_WAIT sockets never do).
+    pub fn all_marked(&self) -> bool {
+        self.socks.values().all(|t| t.record.marked != 0)
+    }
+
+    /// One record's socket into the table, if a target owns it.
+    #[allow(clippy::too_many_arguments)]
+    fn absorb(
+        &mut self,
+        rec: &SockRecord,
+        now: u64,
+        inode_owner: &HashMap<u64, u32>,
+        listeners: &HashMap<(u32, u16), Option<u32>>,
+        full_scan: bool,
+        thresholds: &Thresholds,
+        actions: &mut SweepActions,
+    ) {
+        let seeded = match self.seeds.remove(&rec.sk) {
+            Some(s) if state_file::matches(&s, rec) && !self.socks.contains_key(&rec.sk) => {
+                Some(state_file::as_tracked(&s, rec))
+            }
+            _ => None,
+        };
+        let prev = self.socks.get(&rec.sk).or(seeded.as_ref());
+        let known = |pid: &u32| self.known_owners.contains(pid);
+        let from_events = (rec.has_events != 0).then_some(rec.events.owner_tgid).filter(known);
+        let owner = if rec.inode != 0 {
+            // A file holds it: the file tables say whose it is. Between
+            // their full reads, a socket they have not seen yet (a new
+            // connection) is the probes' to attribute.
+            match inode_owner.get(&rec.inode) {
+                Some(&pid) => Some(pid),
+                None if full_scan => {
+                    if from_events.is_some() || prev.is_some() {
+                        self.disowned.insert(rec.sk, rec.inode);
+                    }
+                    None
+                }
+                None if self.disowned.contains_key(&rec.sk) => None,
+                None => from_events,
+            }
+        } else if rec.has_events != 0 && rec.events.flags & FLAG_APP_CLOSED != 0 {
+            // Closed: its owner is the process that closed it, if that
+            // was (or is) a target; one that was handed the socket and
+            // closed it is not ours.
+            from_events
+        } else {
+            // Not accepted yet, or orphaned before the probes saw it
+            // (closed before this observer started, and no pinned
+            // state): the target listening on its port accepted it.
+            from_events
+                .or_else(|| prev.map(|p| p.owner).filter(known))
+                .or_else(|| listeners.get(&(rec.netns, rec.sport)).copied().flatten())
+        };
+        let Some(owner) = owner else { return };
+        let t = update(prev, owner, rec, now, self.tick_ns, thresholds);
+        if t.is_listener() {
+            actions.listen_ports.insert((rec.netns, rec.sport), owner);
+        }
+        if rec.has_events == 0 {
+            if prev.is_some_and(|p| p.kernel_tracked && p.record.has_events != 0) {
+                actions.evicted += 1;
+            }
+            if !t.is_listener() && rec.state != tcp_state::TIME_WAIT {
+                actions.track.push((rec.sk, t.as_events(now)));
+            }
+        }
+        self.socks.insert(rec.sk, Tracked { seen: self.generation, ..t });
+    }
+
+    /// Drops what this sweep did not see (except in namespaces it could not
+    /// read) and owners nothing is left of.
+    fn finish(&mut self, targets: &HashSet<u32>, unread: &HashSet<u32>) {
+        let generation = self.generation;
         self.socks.retain(|_, t| t.seen == generation || unread.contains(&t.record.netns));
         // A seed not matched at the first sweep is of a socket that is gone.
         self.seeds.clear();
         let owning: HashSet<u32> = self.socks.values().map(|t| t.owner).collect();
         self.known_owners.retain(|p| targets.contains(p) || owning.contains(p));
-        actions
     }
 
     pub fn mark_kernel_tracked(&mut self, sk: u64) {
@@ -511,6 +612,66 @@ mod tests {
         table.sweep(4 * SEC, &[], &owners(&[]), &HashSet::new(), true, &th());
         assert_eq!(table.len(), 0);
         assert!(table.known_owners().is_empty());
+    }
+
+    fn marked(sk: u64, inode: u64, state: u8) -> SockRecord {
+        SockRecord { marked: 1, ..rec(sk, inode, state) }
+    }
+
+    #[test]
+    fn a_marked_sweep_keeps_quiet_sockets_updates_those_that_crossed_and_drops_the_closed() {
+        let mut table = SocketTable::with_tick(TICK);
+        let targets = HashSet::from([100]);
+        let fds = owners(&[(11, 100), (22, 100), (33, 100)]);
+        let (a, b, c) = (
+            marked(1, 11, tcp_state::ESTABLISHED),
+            marked(2, 22, tcp_state::ESTABLISHED),
+            marked(3, 33, tcp_state::ESTABLISHED),
+        );
+        table.sweep(SEC, &[a, b, c], &fds, &targets, true, &th());
+        assert!(table.all_marked());
+        // 1 stays quiet (alive), 2 gets data stuck, its last ACK at 1 s;
+        // 3 closed without a trace.
+        let stuck = |t: u64| SockRecord {
+            snd_nxt: 1000,
+            write_seq: 1000,
+            retransmits: 3,
+            jiffies: 1000 + (t * SEC / TICK) as u32,
+            rcv_tstamp: 1000 + (SEC / TICK) as u32,
+            ..b
+        };
+        table.merge(2 * SEC, &[stuck(2)], &[1], &fds, &targets, &th());
+        assert_eq!(table.len(), 2, "the socket in neither list is gone");
+        let one = table.sockets().find(|t| t.record.sk == 1).map(|t| (t.progress_at, t.open_at));
+        assert_eq!(one, Some((2 * SEC, 2 * SEC)), "a quiet socket's clocks move on as if its record had crossed");
+        // The peer of 2 stays silent: dead once the record keeps crossing.
+        table.merge(5 * SEC, &[stuck(5)], &[1], &fds, &targets, &th());
+        assert_eq!(class_of(&table, 2), Some(Class::Healthy), "silent for 4 s");
+        table.merge(7 * SEC, &[stuck(7)], &[1], &fds, &targets, &th());
+        assert_eq!(class_of(&table, 2), Some(Class::Zombie(ZombieReason::DeadPeer)));
+        assert_eq!(class_of(&table, 1), Some(Class::Healthy));
+        // A TIME_WAIT socket (the listener's) carries no mark: only walks see it.
+        let tw = SockRecord { marked: 0, ..rec(4, 0, tcp_state::TIME_WAIT) };
+        let listener = marked(5, 55, tcp_state::LISTEN);
+        let fds = owners(&[(11, 100), (22, 100), (55, 100)]);
+        table.sweep(10 * SEC, &[a, stuck(10), listener, tw], &fds, &targets, true, &th());
+        assert_eq!(table.len(), 4);
+        assert!(!table.all_marked());
+    }
+
+    #[test]
+    fn file_tables_read_between_walks_reown_and_ask_for_a_walk_only_for_unknown_sockets() {
+        let mut table = SocketTable::with_tick(TICK);
+        let targets = HashSet::from([100, 200]);
+        let (a, b) = (marked(1, 11, tcp_state::ESTABLISHED), marked(2, 22, tcp_state::ESTABLISHED));
+        // Inode 99 is the target's unix socket: no TCP record shows it.
+        table.sweep(SEC, &[a, b], &owners(&[(11, 100), (22, 100), (99, 100)]), &targets, true, &th());
+        // 1 went to process 200 (fork, then the parent closed it), 2 to a
+        // process nobody watches: reowned and dropped, no walk needed.
+        assert!(!table.reown(&owners(&[(11, 200), (99, 100)])));
+        assert_eq!(table.sockets().map(|t| (t.record.sk, t.owner)).collect::<Vec<_>>(), vec![(1, 200)]);
+        // A socket handed over from outside (inode 55): only a walk shows it.
+        assert!(table.reown(&owners(&[(11, 200), (99, 100), (55, 100)])));
     }
 
     #[test]

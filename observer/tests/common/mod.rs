@@ -21,6 +21,27 @@ pub fn require_root() {
     assert_eq!(uid, 0, "integration tests load eBPF programs and create namespaces: run them as root");
 }
 
+/// Whether this kernel lets tracing programs use socket-local storage
+/// (Linux 5.11+), read from uname: there the observer must sweep the marked
+/// sockets between full walks, and nowhere else.
+pub fn marked_sweeps_expected() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (5, 11)
+}
+
+/// Checks that the sweeps of a window took the path this kernel allows:
+/// some marked-socket sweeps where marks exist, none elsewhere.
+pub fn assert_sweep_path(first: &Scrape, last: &Scrape) {
+    let (a, b) = (metric(first, "observer_marked_sweeps_total"), metric(last, "observer_marked_sweeps_total"));
+    if marked_sweeps_expected() {
+        assert!(b > a, "no marked-socket sweep among the checked ones ({a} -> {b}) on a kernel that allows them");
+    } else {
+        assert_eq!(a + b, 0.0, "marked-socket sweeps on a kernel without socket storage for tracing programs");
+    }
+}
+
 /// A child process ended by PID when the test ends, pass or fail.
 pub struct Proc {
     pub child: Child,
