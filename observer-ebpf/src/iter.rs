@@ -18,11 +18,11 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_ns, bpf_seq_write, bpf_skc_to_tcp_sock};
-use observer_common::{SockRecord, drop_reason, marks, tcp_state};
+use observer_common::{Mark, SockRecord, drop_reason, marks, tcp_state};
 
 use crate::{
     kernel::{self, load, off, read},
-    maps::{SOCKS, count_drop},
+    maps::{SOCKS, count_drop, is_target},
 };
 
 #[repr(C)]
@@ -46,7 +46,7 @@ pub struct IterMarkCtx {
     meta: *mut IterMeta,
     map: *mut c_void,
     sk: *mut c_void,
-    value: *mut u64,
+    value: *mut Mark,
 }
 
 const AF_INET6: u16 = 10;
@@ -71,18 +71,34 @@ pub fn observer_sockets(ctx: *mut IterTcpCtx) -> i32 {
     if !tp.is_null() {
         crate::write_timer::learn(tp as u64);
     }
-    // Marked here (the full walk sees every socket of the namespace) so the
-    // marked-socket sweeps that follow visit it.
-    let mark = if tp.is_null() || !kernel::marking() {
+    // Marked here, for the marked-socket sweeps that follow: the target's
+    // sockets (the agent gives each an entry in the probes' map) and
+    // listeners, not the rest of the namespace.
+    let target = rec.has_events != 0 && is_target(rec.events.owner_tgid);
+    let mark = if tp.is_null() || !kernel::marking() || !(target || rec.state == tcp_state::LISTEN) {
         core::ptr::null_mut()
     } else {
         kernel::storage(tp, aya_ebpf::bindings::BPF_SK_STORAGE_GET_F_CREATE as u64)
     };
     rec.marked = u8::from(!mark.is_null());
+    let generation = if mark.is_null() { 0 } else { unsafe { core::ptr::read_volatile(&(*mark).generation) } };
     if write(meta, &rec) && !mark.is_null() {
-        unsafe { *mark = if rec.quiet() { rec.digest() } else { 0 } };
+        settle(mark, generation, &rec);
     }
     0
+}
+
+/// After a record crossed: the socket is settled when it was quiet and its
+/// generation had not moved since the previous look. A state probe bumps
+/// the generation just before the kernel stores the new state, so a look
+/// between the two reads the old state under the new generation; requiring
+/// a second look under the same generation keeps that one from settling.
+#[inline(always)]
+fn settle(mark: *mut Mark, generation: u64, rec: &SockRecord) {
+    unsafe {
+        (*mark).settled = u64::from(rec.quiet() && (*mark).seen == generation);
+        (*mark).seen = generation;
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -94,30 +110,30 @@ pub fn observer_marked(ctx: *mut IterMarkCtx) -> i32 {
     if sk.is_null() || mark.is_null() {
         return 0;
     }
-    // Only full sockets carry marks.
-    let tp = unsafe { bpf_skc_to_tcp_sock(sk) } as *const u8;
-    if tp.is_null() {
-        return 0;
-    }
-    // What decides whether the record crosses first; the rest only for
-    // those that do.
-    let mut rec = SockRecord { marked: 1, ..SockRecord::default() };
-    core(sk as *const u8, tp, &mut rec);
-    let quiet = rec.quiet();
-    let digest = rec.digest();
-    if quiet && unsafe { *mark } == digest {
-        let item = [marks::ALIVE_TAG, rec.sk];
+    let generation = unsafe { core::ptr::read_volatile(&(*mark).generation) };
+    if unsafe { (*mark).settled != 0 && (*mark).seen == generation } {
+        // Settled and untouched since: the socket's memory is not read at
+        // all (its cache misses were most of this sweep's cost), only its
+        // address crosses, so the agent knows it is still there.
+        let item = [marks::ALIVE_TAG, sk as u64];
         let ret = unsafe { bpf_seq_write((*meta).seq.cast(), item.as_ptr().cast(), 16) };
         if ret != 0 && ret != EOVERFLOW {
             count_drop(drop_reason::ITER_WRITE_FAILED);
         }
         return 0;
     }
+    // Only full sockets carry marks.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk) } as *const u8;
+    if tp.is_null() {
+        return 0;
+    }
+    let mut rec = SockRecord { marked: 1, ..SockRecord::default() };
+    core(sk as *const u8, tp, &mut rec);
     rest(sk as *const u8, tp, &mut rec);
     // The mark changes only once the record is written: a record the read
     // buffer could not take is shown again, and must cross then.
     if write(meta, &rec) {
-        unsafe { *mark = if quiet { digest } else { 0 } };
+        settle(mark, generation, &rec);
     }
     0
 }

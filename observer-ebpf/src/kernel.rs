@@ -78,6 +78,8 @@ pub trait Sock: Copy {
     /// Gives the socket a mark (0: its record must cross at the next
     /// marked-socket sweep). False where marks are off or cannot be had.
     fn mark(self) -> bool;
+    /// Tells the marked-socket sweep that the socket may have changed.
+    fn touch(self);
     /// The same socket as a full TCP socket, or None for any other kind:
     /// a typed `struct sock *` only reaches `tcp_sock` fields once the
     /// verifier has seen it checked.
@@ -110,6 +112,17 @@ impl Sock for Typed {
         marking() && !storage(self.0, BPF_SK_STORAGE_GET_F_CREATE as u64).is_null()
     }
     #[inline(always)]
+    fn touch(self) {
+        if !marking() {
+            return;
+        }
+        let mark = storage(self.0, 0);
+        if !mark.is_null() {
+            // Racing bumps may lose one another; any of them moves it.
+            unsafe { (*mark).generation += 1 };
+        }
+    }
+    #[inline(always)]
     fn tcp(self) -> Option<Self> {
         let tp = unsafe { bpf_skc_to_tcp_sock(self.0 as *mut core::ffi::c_void) } as *const u8;
         (!tp.is_null()).then_some(Typed(tp))
@@ -134,6 +147,8 @@ impl Sock for Untyped {
         false
     }
     #[inline(always)]
+    fn touch(self) {}
+    #[inline(always)]
     fn tcp(self) -> Option<Self> {
         (protocol(self) == IPPROTO_TCP).then_some(self)
     }
@@ -144,7 +159,7 @@ const IPPROTO_TCP: u16 = 6;
 /// The mark of the typed socket `sk`, created zeroed with
 /// `BPF_SK_STORAGE_GET_F_CREATE`; null where there is none.
 #[inline(always)]
-pub fn storage(sk: *const u8, flags: u64) -> *mut u64 {
+pub fn storage(sk: *const u8, flags: u64) -> *mut observer_common::Mark {
     let map = core::ptr::addr_of!(crate::maps::MARKS) as *mut core::ffi::c_void;
     unsafe { bpf_sk_storage_get(map, sk as *mut core::ffi::c_void, core::ptr::null_mut(), flags) }.cast()
 }

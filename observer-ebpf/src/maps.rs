@@ -6,11 +6,16 @@ use aya_ebpf::{
     macros::{btf_map, map},
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
-use observer_common::{AgentClocks, PortKey, ProcCounters, SockEvents, drop_reason, marks};
+use observer_common::{AgentClocks, Mark, PortKey, ProcCounters, SockEvents, drop_reason, marks};
 
 /// Processes being watched (tgid -> 1). Written by the agent.
 #[map]
 pub static TARGET_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
+
+#[inline(always)]
+pub fn is_target(tgid: u32) -> bool {
+    TARGET_TGIDS.get_ptr(tgid).is_some()
+}
 
 /// Listening ports of the watched processes -> owning tgid. Written by the
 /// agent, so a connection the kernel accepts in softirq context (before the
@@ -28,11 +33,10 @@ pub static SOCKS: LruHashMap<u64, SockEvents> = LruHashMap::with_max_entries(131
 #[map]
 pub static CLOCKS: HashMap<u64, AgentClocks> = HashMap::with_max_entries(65_536, 0);
 
-/// The mark of every socket the marked-socket sweep visits: the digest of
-/// its record when it last crossed quiet, 0 when it must cross. Socket-local
-/// storage, so it dies with the socket and needs no eviction.
+/// The mark of every target socket, which the marked-socket sweep visits.
+/// Socket-local storage, so it dies with the socket and needs no eviction.
 #[btf_map]
-pub static MARKS: SkStorage<u64> = SkStorage::new();
+pub static MARKS: SkStorage<Mark> = SkStorage::new();
 
 /// What the probes saw that only a full walk shows, by `marks::HINT_*`.
 #[map]
@@ -73,7 +77,7 @@ pub fn bump(tgid: u32, counter: Counter) {
 pub fn bump_by(tgid: u32, counter: Counter, n: u64) {
     // A socket handed to (and closed by) a process we do not watch names
     // that process; its events must not create entries nobody collects.
-    if n == 0 || TARGET_TGIDS.get_ptr(tgid).is_none() {
+    if n == 0 || !is_target(tgid) {
         return;
     }
     let ptr = match COUNTERS.get_ptr_mut(tgid) {

@@ -6,17 +6,12 @@ use observer_common::{FLAG_APP_CLOSED, FLAG_COUNTED_OPEN, PortKey, SockEvents, d
 
 use crate::{
     kernel::{self, Sock},
-    maps::{Counter, SOCKS, TARGET_PORTS, TARGET_TGIDS, bump, bump_by, count_drop, hint},
+    maps::{Counter, SOCKS, TARGET_PORTS, bump, bump_by, count_drop, hint, is_target},
 };
 
 #[inline(always)]
 fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
-}
-
-#[inline(always)]
-fn is_target(tgid: u32) -> bool {
-    TARGET_TGIDS.get_ptr(tgid).is_some()
 }
 
 /// Starts tracking `sk` for `owner`. Returns false when the map refused it.
@@ -93,6 +88,9 @@ fn account_retransmits(ev: &mut SockEvents, sk: impl Sock) {
 /// a process we do not watch costs one lookup in a small map and no more.
 #[inline(always)]
 pub fn on_send(sk: impl Sock) {
+    // Whoever sends (a process the target shares the socket with too):
+    // one pointer load for a socket without a mark.
+    sk.touch();
     let tgid = current_tgid();
     if !is_target(tgid) {
         return;
@@ -135,6 +133,8 @@ pub fn on_state(sk: impl Sock, old: i32, new: i32) {
         return;
     };
     let (old, new) = (old as u8, new as u8);
+    // Before the kernel stores the new state: see `iter::settle`.
+    sk.touch();
     let now = unsafe { bpf_ktime_get_ns() };
     if new == tcp_state::SYN_SENT {
         // connect() runs in the caller's context: attribute by current.

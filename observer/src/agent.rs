@@ -86,6 +86,8 @@ pub struct Agent {
     pub purge_stale_on_first_sweep: bool,
     /// Cap on per-process series (`--max-pids`), against label explosions.
     pub max_pids: usize,
+    /// `--max-sockets`: entries of the probes' map.
+    pub max_sockets: u32,
     /// `--state-file`: where the table's clocks are kept across restarts.
     pub state_file: Option<std::path::PathBuf>,
     state_file_failing: bool,
@@ -197,6 +199,7 @@ impl Agent {
             shared,
             purge_stale_on_first_sweep: false,
             max_pids: 64,
+            max_sockets: u32::MAX,
             state_file: None,
             state_file_failing: false,
             netns_files: HashMap::new(),
@@ -308,7 +311,9 @@ impl Agent {
 
         let t_scan = t0.elapsed();
         let mut full_scan = rescan;
-        let actions = match self.read_marked() {
+        let marked = self.read_marked();
+        let t_read = t0.elapsed();
+        let actions = match marked {
             Some(m) => {
                 if !full_scan && self.table.needs_owner_scan(&m.records, &scan.inode_owner, &targets) {
                     scan = target::scan(&pids);
@@ -339,10 +344,11 @@ impl Agent {
             }
         };
         debug!(
-            "sweep: /proc scan {:?} ({} target sockets{}), total {:?}",
+            "sweep: /proc scan {:?} ({} target sockets{}), marked read {:?}, total {:?}",
             t_scan,
             scan.inode_owner.len(),
             if full_scan { ", full" } else { "" },
+            t_read - t_scan,
             t0.elapsed(),
         );
         self.save_state();
@@ -399,7 +405,10 @@ impl Agent {
         self.marked.as_ref()?;
         let hinted = self.read_hints();
         let due = self.metrics.sweeps.get() == 0 || self.since_walk >= WALK_EVERY;
-        if hinted || due || !self.unread_netns.is_empty() || !self.table.all_marked() {
+        // More target sockets than the probes' map holds: its LRU evicts
+        // entries of settled sockets, which only a walk notices.
+        let crowded = self.table.len() >= self.max_sockets as usize;
+        if hinted || due || crowded || !self.unread_netns.is_empty() || !self.table.all_marked() {
             return None;
         }
         match self.marked.as_mut()?.read() {

@@ -72,6 +72,7 @@ pub fn start_agent(
     }
     let mut agent = Agent::new(backend, selector, sweep.thresholds(), metrics, shared)?;
     agent.purge_stale_on_first_sweep = reused;
+    agent.max_sockets = sweep.max_sockets;
     if reused {
         let n = agent.seed_from_pins();
         info!("continuing from {n} sockets' clocks pinned by a previous observer");

@@ -224,38 +224,34 @@ pub mod marks {
 impl SockRecord {
     /// Established with nothing queued, sent or outstanding and no timer
     /// armed: a socket no class can claim however long it stays so, whose
-    /// record therefore need not cross again until it changes.
+    /// record therefore need not cross again until it changes. (A closed
+    /// window with nothing to send is no stall.) Only a send or a state
+    /// change can end it, and the probes of both bump the socket's mark.
     #[inline(always)]
     pub fn quiet(&self) -> bool {
         self.state == tcp_state::ESTABLISHED
             && self.inode != 0
             && self.snd_una == self.snd_nxt
             && self.write_seq == self.snd_nxt
-            && self.snd_wnd != 0
             && self.wmem_queued == 0
             && self.pending == 0
             && self.backoff == 0
             && self.probes_out == 0
     }
+}
 
-    /// What a quiet socket's record must keep for it not to cross again.
-    /// Never 0, which marks "unknown: send the record".
-    #[inline(always)]
-    pub fn digest(&self) -> u64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for v in [
-            u64::from(self.state),
-            self.inode,
-            u64::from(self.snd_una),
-            u64::from(self.snd_wnd),
-            u64::from(self.total_retrans),
-            u64::from(self.netns),
-            u64::from(self.has_events),
-        ] {
-            h = (h ^ v).wrapping_mul(0x0100_0000_01b3);
-        }
-        h | 1
-    }
+/// A socket's mark (`MARKS`, socket-local storage).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mark {
+    /// Bumped by the send and state probes whenever the socket may change.
+    pub generation: u64,
+    /// `generation` as the marked-socket sweep last read it.
+    pub seen: u64,
+    /// 1 when that sweep found the socket quiet and `generation` had not
+    /// moved since the sweep before: until it moves again, the socket is
+    /// not read at all.
+    pub settled: u64,
 }
 
 /// `icsk_pending` values (include/net/inet_connection_sock.h).
@@ -309,3 +305,4 @@ const _: () = assert!(core::mem::size_of::<SockRecord>() == 200);
 const _: () = assert!(core::mem::size_of::<SockEvents>() == 72);
 const _: () = assert!(core::mem::size_of::<AgentClocks>() == 80);
 const _: () = assert!(core::mem::size_of::<Offsets>() == 128);
+const _: () = assert!(core::mem::size_of::<Mark>() == 24);

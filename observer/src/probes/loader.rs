@@ -182,8 +182,17 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
         }
         choices.push(choice);
     }
+    // A settled socket is not read again until a probe touches its mark:
+    // the send and state probes must reach it, which takes a typed socket.
+    let typed = |hook: Hook| {
+        choices
+            .iter()
+            .any(|c| c.hook == hook && matches!(c.method, Some(Method::Fentry | Method::Fexit | Method::TpBtf)))
+    };
     let sweeps = if marking == 0 {
         Sweeps::FullWalks { why: "socket-local storage needs Linux 5.11 in tracing programs".into() }
+    } else if !typed(Hook::Send) || !typed(Hook::State) {
+        Sweeps::FullWalks { why: "the send and state hooks do not see typed sockets".into() }
     } else {
         load_marked(&mut ebpf, &aya_btf)
     };
