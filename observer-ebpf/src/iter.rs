@@ -96,7 +96,8 @@ pub fn observer_sockets(ctx: *mut IterTcpCtx) -> i32 {
 #[inline(always)]
 fn settle(mark: *mut Mark, generation: u64, rec: &SockRecord) {
     unsafe {
-        (*mark).settled = u64::from(rec.quiet() && (*mark).seen == generation);
+        (*mark).settled = u32::from(rec.quiet() && (*mark).seen == generation);
+        (*mark).write_seq = rec.write_seq;
         (*mark).seen = generation;
     }
 }
@@ -111,10 +112,14 @@ pub fn observer_marked(ctx: *mut IterMarkCtx) -> i32 {
         return 0;
     }
     let generation = unsafe { core::ptr::read_volatile(&(*mark).generation) };
-    if unsafe { (*mark).settled != 0 && (*mark).seen == generation } {
-        // Settled and untouched since: the socket's memory is not read at
-        // all (its cache misses were most of this sweep's cost), only its
-        // address crosses, so the agent knows it is still there.
+    if unsafe { (*mark).settled != 0 && (*mark).seen == generation }
+        && read::<u32>(sk as u64, off!(write_seq)) == unsafe { (*mark).write_seq }
+    {
+        // Settled, no state change and no byte queued since: one field of
+        // the socket is read (its cache misses were most of this sweep's
+        // cost), and only its address crosses, so the agent knows it is
+        // still there. Marks live on full TCP sockets only, which makes
+        // the plain read at the tcp_sock offset safe.
         let item = [marks::ALIVE_TAG, sk as u64];
         let ret = unsafe { bpf_seq_write((*meta).seq.cast(), item.as_ptr().cast(), 16) };
         if ret != 0 && ret != EOVERFLOW {
@@ -129,6 +134,11 @@ pub fn observer_marked(ctx: *mut IterMarkCtx) -> i32 {
     }
     let mut rec = SockRecord { marked: 1, ..SockRecord::default() };
     core(sk as *const u8, tp, &mut rec);
+    // Reset and waiting for the application to close it: out of the TCP
+    // tables, as a walk would not show it either.
+    if rec.state == tcp_state::CLOSE {
+        return 0;
+    }
     rest(sk as *const u8, tp, &mut rec);
     // The mark changes only once the record is written: a record the read
     // buffer could not take is shown again, and must cross then.

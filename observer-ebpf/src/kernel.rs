@@ -78,7 +78,7 @@ pub trait Sock: Copy {
     /// Gives the socket a mark (0: its record must cross at the next
     /// marked-socket sweep). False where marks are off or cannot be had.
     fn mark(self) -> bool;
-    /// Tells the marked-socket sweep that the socket may have changed.
+    /// Tells the marked-socket sweep that the socket's state is changing.
     fn touch(self);
     /// The same socket as a full TCP socket, or None for any other kind:
     /// a typed `struct sock *` only reaches `tcp_sock` fields once the

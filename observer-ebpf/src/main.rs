@@ -49,6 +49,15 @@ pub fn send_raw_tp(ctx: RawTracePointContext) -> i32 {
     0
 }
 
+/// The benchmark's floor, never attached by the observer: an empty program on
+/// the send hook, so `cargo xtask bench` can measure what any program on
+/// `sock_send_length` costs per call on this machine (dispatch and the
+/// run-time statistics' own clock reads) next to `send_tp_btf`.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn bench_floor_send(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
 // ---- the application's close: tcp_close -------------------------------------
 
 #[fentry(function = "tcp_close")]

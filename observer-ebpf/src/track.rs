@@ -88,9 +88,6 @@ fn account_retransmits(ev: &mut SockEvents, sk: impl Sock) {
 /// a process we do not watch costs one lookup in a small map and no more.
 #[inline(always)]
 pub fn on_send(sk: impl Sock) {
-    // Whoever sends (a process the target shares the socket with too):
-    // one pointer load for a socket without a mark.
-    sk.touch();
     let tgid = current_tgid();
     if !is_target(tgid) {
         return;

@@ -225,8 +225,9 @@ impl SockRecord {
     /// Established with nothing queued, sent or outstanding and no timer
     /// armed: a socket no class can claim however long it stays so, whose
     /// record therefore need not cross again until it changes. (A closed
-    /// window with nothing to send is no stall.) Only a send or a state
-    /// change can end it, and the probes of both bump the socket's mark.
+    /// window with nothing to send is no stall.) Only queued data (which
+    /// moves `write_seq`) or a state change (whose probe bumps the socket's
+    /// mark) can end it.
     #[inline(always)]
     pub fn quiet(&self) -> bool {
         self.state == tcp_state::ESTABLISHED
@@ -249,9 +250,12 @@ pub struct Mark {
     /// `generation` as the marked-socket sweep last read it.
     pub seen: u64,
     /// 1 when that sweep found the socket quiet and `generation` had not
-    /// moved since the sweep before: until it moves again, the socket is
-    /// not read at all.
-    pub settled: u64,
+    /// moved since the sweep before: until it moves again, or data is
+    /// queued (`write_seq` moves), only that one field is read.
+    pub settled: u32,
+    /// `tcp_sock.write_seq` when it settled. Every byte queued moves it,
+    /// however it was sent and whether or not the send has returned.
+    pub write_seq: u32,
 }
 
 /// `icsk_pending` values (include/net/inet_connection_sock.h).

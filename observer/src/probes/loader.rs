@@ -182,8 +182,8 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
         }
         choices.push(choice);
     }
-    // A settled socket is not read again until a probe touches its mark:
-    // the send and state probes must reach it, which takes a typed socket.
+    // A settled socket is read again only once a byte is queued or the
+    // state probe touches its mark, which takes a typed socket.
     let typed = |hook: Hook| {
         choices
             .iter()
@@ -191,8 +191,8 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
     };
     let sweeps = if marking == 0 {
         Sweeps::FullWalks { why: "socket-local storage needs Linux 5.11 in tracing programs".into() }
-    } else if !typed(Hook::Send) || !typed(Hook::State) {
-        Sweeps::FullWalks { why: "the send and state hooks do not see typed sockets".into() }
+    } else if !typed(Hook::State) {
+        Sweeps::FullWalks { why: "the state hook does not see typed sockets".into() }
     } else {
         load_marked(&mut ebpf, &aya_btf)
     };

@@ -31,22 +31,62 @@ pub fn enable() -> Result<StatsOn> {
     Ok(StatsOn(unsafe { OwnedFd::from_raw_fd(fd as i32) }))
 }
 
-/// Cumulative (run_time_ns, run_cnt) of `pid`'s programs whose name starts with `prefix`.
-pub fn prog_stats(pid: u32, prefix: &str) -> (u64, u64) {
-    let names = jit_names();
-    procfs::bpf_fds(pid)
-        .into_iter()
-        .filter(|p| p.is_prog())
-        .filter(|p| names.get(p.get("prog_tag")).is_some_and(|n| n.starts_with(prefix)))
-        .fold((0, 0), |(t, c), p| (t + p.num("run_time_ns"), c + p.num("run_cnt")))
+/// Cumulative run-time statistics of the programs a process holds whose
+/// name starts with a prefix, and which programs those were.
+#[derive(Debug, Clone, Default)]
+pub struct ProgTotals {
+    pub run_ns: u64,
+    pub runs: u64,
+    /// Calls the kernel skipped because a program of the same kind was
+    /// already running on that CPU (`recursion_misses`): not in `runs`.
+    pub misses: u64,
+    pub names: Vec<String>,
+}
+
+impl ProgTotals {
+    /// What ran between `earlier` and `self`.
+    pub fn since(&self, earlier: &ProgTotals) -> ProgTotals {
+        ProgTotals {
+            run_ns: self.run_ns.saturating_sub(earlier.run_ns),
+            runs: self.runs.saturating_sub(earlier.runs),
+            misses: self.misses.saturating_sub(earlier.misses),
+            names: self.names.clone(),
+        }
+    }
+
+    /// Mean run time per call; None when nothing ran (or no such program).
+    pub fn ns_per_run(&self) -> Option<f64> {
+        (self.runs > 0).then(|| self.run_ns as f64 / self.runs as f64)
+    }
+}
+
+/// Cumulative statistics of `pid`'s programs whose name starts with `prefix`.
+/// `names` is read once before a window: reading /proc/kallsyms takes tens
+/// of milliseconds, which would skew a window bracketed by these reads.
+pub fn prog_stats(names: &JitNames, pid: u32, prefix: &str) -> ProgTotals {
+    let mut totals = ProgTotals::default();
+    for p in procfs::bpf_fds(pid).into_iter().filter(|p| p.is_prog()) {
+        let Some(name) = names.0.get(p.get("prog_tag")).filter(|n| n.starts_with(prefix)) else { continue };
+        totals.run_ns += p.num("run_time_ns");
+        totals.runs += p.num("run_cnt");
+        totals.misses += p.num("recursion_misses");
+        totals.names.push(name.clone());
+    }
+    totals.names.sort();
+    totals
 }
 
 /// Program tag -> name, from `bpf_prog_<tag>_<name>` symbols of JIT-ed programs.
-fn jit_names() -> HashMap<String, String> {
+pub struct JitNames(HashMap<String, String>);
+
+/// The names of the programs loaded now (load the programs first).
+pub fn jit_names() -> JitNames {
     let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.split_whitespace().nth(2)?.strip_prefix("bpf_prog_"))
-        .filter_map(|s| s.split_once('_'))
-        .map(|(tag, name)| (tag.to_string(), name.to_string()))
-        .collect()
+    JitNames(
+        text.lines()
+            .filter_map(|l| l.split_whitespace().nth(2)?.strip_prefix("bpf_prog_"))
+            .filter_map(|s| s.split_once('_'))
+            .map(|(tag, name)| (tag.to_string(), name.to_string()))
+            .collect(),
+    )
 }

@@ -7,6 +7,7 @@
 
 mod bpf_stats;
 mod child;
+mod floor;
 mod latency;
 mod netns;
 mod observer;
@@ -14,6 +15,9 @@ mod plot;
 mod procfs;
 mod report;
 mod scale;
+mod scale_report;
+mod scale_trouble;
+mod send_cost;
 mod send_path;
 mod stats;
 mod storm;
@@ -34,7 +38,7 @@ use report::{Report, Row, Section, Verdict};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// About one minute: short windows, fewer socket levels, a 10 s storm.
+    /// About two minutes: short windows, socket levels up to 10k, a 10 s storm.
     /// Results go to target/bench/, not BENCHMARKS.md.
     #[arg(long)]
     quick: bool,
@@ -105,6 +109,8 @@ pub struct Plan {
     pub send_window: Duration,
     pub scale_levels: Vec<usize>,
     pub scale_sweeps: usize,
+    /// Share of the largest level's sockets put in trouble for its variant.
+    pub scale_trouble_share: f64,
     pub storm_secs: f64,
     pub storm_clients: usize,
     pub storm_rate: u32,
@@ -120,6 +126,7 @@ impl Plan {
                 send_window: Duration::from_millis(500),
                 scale_levels: vec![1_000, 10_000],
                 scale_sweeps: 3,
+                scale_trouble_share: 0.01,
                 storm_secs: 10.0,
                 storm_clients: 2_000,
                 storm_rate: 1_500,
@@ -132,6 +139,7 @@ impl Plan {
                 send_window: Duration::from_secs(1),
                 scale_levels: vec![1_000, 10_000, 50_000, 100_000],
                 scale_sweeps: 5,
+                scale_trouble_share: 0.01,
                 storm_secs: 60.0,
                 storm_clients: 2_000,
                 storm_rate: 1_500,

@@ -40,13 +40,23 @@ impl Metrics {
         self.0.get(series).copied().unwrap_or(f64::NAN)
     }
 
-    /// Sum over all label values of a metric family.
-    pub fn sum(&self, name: &str) -> f64 {
+    /// Sum over all label values of a metric family; None when the observer
+    /// exports no series of it (an older or newer build).
+    pub fn sum_if_present(&self, name: &str) -> Option<f64> {
+        let mut series = self.family(name).peekable();
+        series.peek()?;
+        Some(series.map(|(_, v)| v).sum())
+    }
+
+    fn family<'a>(&'a self, name: &'a str) -> impl Iterator<Item = (&'a String, &'a f64)> + 'a {
         self.0
             .iter()
-            .filter(|(k, _)| k.as_str() == name || k.strip_prefix(name).is_some_and(|r| r.starts_with('{')))
-            .map(|(_, v)| v)
-            .sum()
+            .filter(move |(k, _)| k.as_str() == name || k.strip_prefix(name).is_some_and(|r| r.starts_with('{')))
+    }
+
+    /// Sum over all label values of a metric family.
+    pub fn sum(&self, name: &str) -> f64 {
+        self.family(name).map(|(_, v)| v).sum()
     }
 }
 
@@ -162,5 +172,7 @@ mod tests {
         assert_eq!(m.get("observer_tracked_sockets"), 3.0);
         assert_eq!(m.sum("observer_events_dropped_total"), 3.0);
         assert!(m.get("missing").is_nan());
+        assert_eq!(m.sum_if_present("observer_events_dropped_total"), Some(3.0));
+        assert_eq!(m.sum_if_present("observer_events_dropped"), None);
     }
 }

@@ -62,7 +62,10 @@ pub fn upper(value: f64, limit: f64, unit: &str) -> Verdict {
     if value <= limit {
         Verdict::Met
     } else {
-        Verdict::Missed(format!("+{} {unit} ({:.0}% over)", fmt_num(value - limit), (value / limit - 1.0) * 100.0))
+        let pct = (value / limit - 1.0) * 100.0;
+        // A small miss keeps a digit: "0% over" would read as met.
+        let pct = if pct < 10.0 { format!("{pct:.1}") } else { format!("{pct:.0}") };
+        Verdict::Missed(format!("+{} {unit} ({pct}% over)", fmt_num(value - limit)))
     }
 }
 
@@ -164,6 +167,7 @@ mod tests {
     fn verdicts_say_by_how_much() {
         assert_eq!(upper(40.0, 50.0, "ms"), Verdict::Met);
         assert_eq!(upper(60.0, 50.0, "ms"), Verdict::Missed("+10.0 ms (20% over)".into()));
+        assert_eq!(upper(6.006, 6.0, "s"), Verdict::Missed("+0.006 s (0.1% over)".into()));
         assert_eq!(lower(0.97, 0.98, "×"), Verdict::Missed("−0.010 × (1.0% short)".into()));
         assert_eq!(lower(0.99, 0.98, "×"), Verdict::Met);
     }

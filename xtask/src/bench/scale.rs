@@ -25,16 +25,22 @@ use super::{
     child::{Child, field, word},
     interrupted,
     netns::{self, Namespaces},
-    observer::Observer,
+    observer::{Metrics, Observer},
     pause,
     plot::ScalePoint,
     procfs,
-    report::{Row, Section, fmt_num, upper},
+    report::Section,
+    scale_report,
+    scale_trouble::{self, Made},
     stats,
 };
 
 pub const TARGET_MS: f64 = 50.0;
 pub const TARGET_RSS_MB: f64 = 64.0;
+/// What crosses from the kernel to the agent per sweep (added with the
+/// incremental data path; absent from older builds).
+pub const RECORDS_READ: &str = "observer_sweep_records_read_total";
+pub const BYTES_READ: &str = "observer_sweep_bytes_read_total";
 const COMM: &str = "obsb-hold";
 const SCRAPES: usize = 10;
 const SS_RUNS: usize = 3;
@@ -49,6 +55,11 @@ struct Pair {
     port: u16,
     cap: usize,
     held: usize,
+}
+
+/// Per-sweep delta of a counter between two scrapes; None when absent.
+fn per_sweep(m0: &Metrics, m1: &Metrics, name: &str, sweeps: f64) -> Option<f64> {
+    Some((m1.sum_if_present(name)? - m0.sum_if_present(name)?) / sweeps)
 }
 
 impl Pair {
@@ -125,21 +136,24 @@ fn ss(ns: &str, ports: &[u16], extra: &str) -> Result<(f64, usize)> {
     Ok((secs, n))
 }
 
-struct Level {
-    sockets: usize,
-    processes: usize,
-    sweep_ms: Vec<f64>,
-    sweep_cpu_ms: f64,
-    scrape_ms: Vec<f64>,
-    ss_ms: Vec<f64>,
-    ss_listed: usize,
-    rss_mb: f64,
-    hwm_mb: f64,
-    cpu_pct: f64,
-    overflows_per_sweep: f64,
-    other_drops: f64,
-    map_mb: f64,
-    maps: usize,
+/// What one level measured (the report reads it).
+pub struct Level {
+    pub sockets: usize,
+    pub processes: usize,
+    pub sweep_ms: Vec<f64>,
+    pub sweep_cpu_ms: f64,
+    pub scrape_ms: Vec<f64>,
+    pub ss_ms: Vec<f64>,
+    pub ss_listed: usize,
+    pub rss_mb: f64,
+    pub hwm_mb: f64,
+    pub cpu_pct: f64,
+    pub overflows_per_sweep: f64,
+    pub other_drops: f64,
+    pub map_mb: f64,
+    pub maps: usize,
+    pub records_per_sweep: Option<f64>,
+    pub bytes_per_sweep: Option<f64>,
 }
 
 fn measure(obs: &Observer, ns: &str, pairs: &[Pair], sockets: usize, sweeps: usize) -> Result<Level> {
@@ -192,6 +206,8 @@ fn measure(obs: &Observer, ns: &str, pairs: &[Pair], sockets: usize, sweeps: usi
         other_drops,
         map_mb: memlock as f64 / 1048576.0,
         maps,
+        records_per_sweep: per_sweep(&m0, &m1, RECORDS_READ, sweeps_seen),
+        bytes_per_sweep: per_sweep(&m0, &m1, BYTES_READ, sweeps_seen),
     })
 }
 
@@ -226,6 +242,14 @@ pub fn run(paths: &Paths, plan: &Plan, points: &mut Vec<ScalePoint>) -> Result<S
     // polling way to get it. Once, at the largest level.
     let ports: Vec<u16> = pairs.iter().map(|p| p.port).collect();
     let ss_p = ss(&ns, &ports, "p").ok();
+    // Last, as it cannot be undone: the same sockets with a share in trouble.
+    // A failure here costs only its own rows, not the levels measured above.
+    let mut troubled = None;
+    if let (Some(&level), true) = (plan.scale_levels.last(), plan.scale_trouble_share > 0.0) {
+        let result = troubled_variant(&obs, &ns, &mut pairs, level, plan);
+        interrupted()?;
+        troubled = Some(result.map_err(|e| format!("{e:#}")));
+    }
     drop(obs);
     drop(pairs);
     drop(namespaces);
@@ -239,106 +263,32 @@ pub fn run(paths: &Paths, plan: &Plan, points: &mut Vec<ScalePoint>) -> Result<S
             rss_mb: l.rss_mb,
         });
     }
-    Ok(report(&levels, ss_p))
+    Ok(scale_report::report(&levels, ss_p, troubled.as_ref()))
 }
 
-fn report(levels: &[Level], ss_p: Option<(f64, usize)>) -> Section {
-    let mut s = Section::default();
-    let (Some(base), Some(top)) = (levels.first(), levels.last()) else { return s };
-    let n = format!("{} k", top.sockets / 1000);
-    let sweep = stats::median(&top.sweep_ms);
-    let sweep_max = stats::max(&top.sweep_ms);
-    let ss_ms = stats::median(&top.ss_ms);
-    s.rows.push(
-        Row::new(
-            format!("Sweep duration, {n} target sockets (median of {}; max)", top.sweep_ms.len()),
-            format!("≤ {TARGET_MS} ms"),
-            format!("{} ms (max {}; {} ms CPU)", fmt_num(sweep), fmt_num(sweep_max), fmt_num(top.sweep_cpu_ms)),
-        )
-        .baseline(format!("`ss -tin` same sockets: {} ms", fmt_num(ss_ms)), format!("{:.2}", sweep / ss_ms))
-        .verdict(upper(sweep, TARGET_MS, "ms")),
+/// Puts a share of the held sockets in trouble, waits for the observer to
+/// count them, and measures the level again.
+fn troubled_variant(obs: &Observer, ns: &str, pairs: &mut [Pair], level: usize, plan: &Plan) -> Result<(Made, Level)> {
+    let mut servers: Vec<(&mut Child, usize)> = pairs.iter_mut().map(|p| (&mut p.server, p.held)).collect();
+    let made = scale_trouble::make(ns, &mut servers, plan.scale_trouble_share, obs)?;
+    eprintln!(
+        "bench:   {} vanished and {} non-reading peers; counted {} dead_peer, {} zero_window after {:.1} s",
+        made.vanished, made.slow, made.counted_dead, made.counted_zero_window, made.secs_to_count
     );
-    let scrape = stats::median(&top.scrape_ms);
-    let scrape0 = stats::median(&base.scrape_ms);
-    s.rows.push(
-        Row::new(
-            format!("GET /metrics, {n} target sockets (median of {})", top.scrape_ms.len()),
-            format!("≤ {TARGET_MS} ms"),
-            format!("{} ms (max {})", fmt_num(scrape), fmt_num(stats::max(&top.scrape_ms))),
-        )
-        .baseline(format!("{} ms with no target sockets", fmt_num(scrape0)), format!("{:.2}", scrape / scrape0))
-        .verdict(upper(scrape, TARGET_MS, "ms")),
-    );
-    s.rows.push(
-        Row::new(
-            format!("Agent RSS, {n} target sockets"),
-            format!("≤ {TARGET_RSS_MB} MB"),
-            format!("{:.1} MB (peak {:.1})", top.rss_mb, top.hwm_mb),
-        )
-        .baseline(format!("{:.1} MB with no target sockets", base.rss_mb), format!("{:.2}", top.rss_mb / base.rss_mb))
-        .verdict(upper(top.rss_mb, TARGET_RSS_MB, "MB")),
-    );
-    s.rows.push(
-        Row::new(
-            "Kernel map memory (memlock of the observer's maps, from fdinfo)",
-            "reported",
-            format!("{:.1} MB in {} maps", top.map_mb, top.maps),
-        )
-        .baseline(format!("{:.1} MB with no target sockets", base.map_mb), format!("{:.2}", top.map_mb / base.map_mb)),
-    );
-    if let Some((secs, listed)) = ss_p {
-        s.details.push(format!(
-            "`ss -tinp` (with the owning process, which is what the observer adds) over the same {listed} sockets: {:.0} ms, \
-             {:.1}× the observer's sweep",
-            secs * 1e3,
-            secs * 1e3 / sweep
-        ));
+    let l = measure(obs, ns, pairs, level, plan.scale_sweeps)?;
+    eprintln!("bench:   sweep {:.1} ms with them", stats::median(&l.sweep_ms));
+    Ok((made, l))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_sweep_reads_are_absent_or_averaged() {
+        let m0 = Metrics::parse("observer_sweep_records_read_total 100\n");
+        let m1 = Metrics::parse("observer_sweep_records_read_total 400\n");
+        assert_eq!(per_sweep(&m0, &m1, RECORDS_READ, 3.0), Some(100.0));
+        assert_eq!(per_sweep(&m0, &m1, BYTES_READ, 3.0), None);
     }
-    for l in levels {
-        s.details.push(format!(
-            "{:>6} sockets in {} target process(es): sweep median {} ms (max {}; {} ms of CPU per sweep), scrape {} ms, `ss -tin` {} ms ({} listed), \
-             RSS {:.1} MB (peak {:.1}), maps {:.1} MB, agent CPU {:.1}% of a core (sweep every 1 s), \
-             `iterator_write_failed` {:.0} per sweep, other drops {:.0}",
-            l.sockets,
-            l.processes,
-            fmt_num(stats::median(&l.sweep_ms)),
-            fmt_num(stats::max(&l.sweep_ms)),
-            fmt_num(l.sweep_cpu_ms),
-            fmt_num(stats::median(&l.scrape_ms)),
-            fmt_num(stats::median(&l.ss_ms)),
-            l.ss_listed,
-            l.rss_mb,
-            l.hwm_mb,
-            l.map_mb,
-            l.cpu_pct,
-            l.overflows_per_sweep,
-            l.other_drops
-        ));
-        if l.sockets > 0 && l.ss_listed != l.sockets {
-            s.details.push(format!("at {} sockets `ss` listed {}: the levels disagree", l.sockets, l.ss_listed));
-        }
-    }
-    s.details.push(
-        "both ends live in one network namespace of the benchmark's (loopback), so each sweep's iterator walks twice \
-         the target's sockets; the observer runs on the host with `--comm obsb-hold --interval 1` and enters that \
-         namespace for each sweep"
-            .into(),
-    );
-    if levels.iter().any(|l| l.overflows_per_sweep > 0.0) {
-        s.details.push(
-            "`iterator_write_failed` grows with the socket count: each is the iterator's 32 KiB read buffer filling \
-             up (bpf_seq_write returns -EOVERFLOW), after which the kernel runs the program again for the same socket \
-             in the next read(); no record is lost (the established count equals `ss`'s at every level), but the \
-             observer counts each as a dropped event"
-                .into(),
-        );
-    }
-    if top.processes > 1 {
-        s.details.push(format!(
-            "this machine's hard RLIMIT_NOFILE cannot be raised by the benchmark (no CAP_SYS_RESOURCE), so the {} sockets \
-             are held by {} target processes of one name",
-            top.sockets, top.processes
-        ));
-    }
-    s
 }

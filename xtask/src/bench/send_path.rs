@@ -12,11 +12,12 @@ use std::{collections::BTreeMap, time::Duration};
 use anyhow::{Context, Result, bail};
 
 use super::{
-    Paths, Plan, bpf_stats,
+    Paths, Plan,
     child::{Child, word},
     observer::Observer,
     pause, procfs,
     report::{Row, Section, fmt_num},
+    send_cost::{self, snap},
     stats,
 };
 
@@ -61,12 +62,6 @@ impl Window {
     }
 }
 
-fn snap(sender: &mut Child) -> Result<(u64, u64, u64)> {
-    let l = sender.request("snap", "SNAP", Duration::from_secs(5))?;
-    let n = |i| word(&l, i).and_then(|w| w.parse::<u64>().ok()).with_context(|| format!("bad reply {l:?}"));
-    Ok((n(1)?, n(2)?, n(3)?))
-}
-
 fn measure(sender: &mut Child, sink: u32, mode: &str, observer: Option<&Observer>, window: Duration) -> Result<Window> {
     sender.request(&format!("mode {mode}"), "OK", Duration::from_secs(5))?;
     pause(WARMUP)?;
@@ -86,7 +81,7 @@ fn measure(sender: &mut Child, sink: u32, mode: &str, observer: Option<&Observer
     })
 }
 
-fn attach(paths: &Paths, sender: &Child, label: &str) -> Result<Observer> {
+pub fn attach(paths: &Paths, sender: &Child, label: &str) -> Result<Observer> {
     let target = vec!["--pid".to_string(), sender.pid().to_string()];
     let obs = Observer::start(paths, label, &target, &["--interval", "1"])?;
     // Tracked once the first sweep has registered the sender and its 65 sockets.
@@ -129,48 +124,8 @@ pub fn run(paths: &Paths, plan: &Plan) -> Result<Section> {
         }
     }
 
-    // The kernel's own accounting of the send program, in a separate window:
-    // run-time statistics cost two clock reads per run themselves.
-    let obs = attach(paths, &sender, "send-stats")?;
-    let stats_on = bpf_stats::enable()?;
-    let mut prog = BTreeMap::new();
-    for (mode, _) in MODES {
-        sender.request(&format!("mode {mode}"), "OK", Duration::from_secs(5))?;
-        pause(WARMUP)?;
-        let (t0, c0) = bpf_stats::prog_stats(obs.pid(), "send_");
-        let (_, s0, _) = snap(&mut sender)?;
-        pause(plan.send_window)?;
-        let (t1, c1) = bpf_stats::prog_stats(obs.pid(), "send_");
-        let (_, s1, _) = snap(&mut sender)?;
-        prog.insert(mode, (t1 - t0, c1 - c0, s1 - s0));
-    }
-    sender.request("mode idle", "OK", Duration::from_secs(5))?;
-    drop(obs);
-
-    // The send program runs for every process on the host, watched or not:
-    // watch the sink instead, and time the program on the sender's sends.
-    let target = vec!["--pid".to_string(), sink.pid().to_string()];
-    let obs = Observer::start(paths, "send-other", &target, &["--interval", "1"])?;
-    sender.request("mode small", "OK", Duration::from_secs(5))?;
-    pause(WARMUP)?;
-    let (t0, c0) = bpf_stats::prog_stats(obs.pid(), "send_");
-    pause(plan.send_window)?;
-    let (t1, c1) = bpf_stats::prog_stats(obs.pid(), "send_");
-    let unwatched = (t1 - t0) as f64 / (c1 - c0).max(1) as f64;
-    drop(stats_on);
-    sender.request("mode idle", "OK", Duration::from_secs(5))?;
-    drop(obs);
-
-    let mut s = report(plan, &windows, &prog)?;
-    s.rows.insert(
-        s.rows.len() - 1,
-        Row::new(
-            "ns per send of a process the observer does not watch (send program run time)",
-            "—",
-            format!("{unwatched:.0} ns"),
-        ),
-    );
-    Ok(s)
+    let costs = send_cost::measure(paths, plan, &mut sender, sink.pid(), &MODES.map(|(m, _)| m))?;
+    report(plan, &windows, &costs)
 }
 
 fn total(ws: Option<&Vec<Window>>) -> Window {
@@ -181,11 +136,7 @@ fn total(ws: Option<&Vec<Window>>) -> Window {
     t
 }
 
-fn report(
-    plan: &Plan,
-    windows: &BTreeMap<(&str, bool), Vec<Window>>,
-    prog: &BTreeMap<&str, (u64, u64, u64)>,
-) -> Result<Section> {
+fn report(plan: &Plan, windows: &BTreeMap<(&str, bool), Vec<Window>>, costs: &send_cost::Costs) -> Result<Section> {
     let mut s = Section::default();
     let mut medians = BTreeMap::new();
     for (mode, desc) in MODES {
@@ -233,44 +184,11 @@ fn report(
             alone.workload_ns_per_send(),
             with.workload_ns_per_send()
         ));
-        if let Some(&(run_ns, runs, sends)) = prog.get(mode) {
-            let per_run = run_ns as f64 / runs.max(1) as f64;
-            s.details.push(format!(
-                "{desc}: send program ran {runs} times for {sends} sends ({:.2} runs per send), {per_run:.0} ns per run \
-                 (kernel run-time statistics)",
-                runs as f64 / sends.max(1) as f64
-            ));
-        }
     }
 
-    // ns per tcp_sendmsg: the program's own run time, against what a send
-    // costs the workload (sender, receiver, loopback delivery) without it.
     let small_with = total(windows.get(&("small", true)));
     let small_alone = total(windows.get(&("small", false)));
-    if let Some(&(run_ns, runs, _)) = prog.get("small") {
-        let per_run = run_ns as f64 / runs.max(1) as f64;
-        let c = small_alone.workload_ns_per_send();
-        s.rows.push(
-            Row::new(
-                "ns added per tcp_sendmsg: send program run time (64 B mode, kernel run-time statistics)",
-                "anchor 35–42 ns (tracepoint/fentry + map update)",
-                format!("{per_run:.0} ns"),
-            )
-            .baseline(format!("{c:.0} CPU ns per send alone"), format!("{:.1}%", per_run / c * 100.0)),
-        );
-        // On a CPU-bound machine throughput scales by c / (c + per_run).
-        // Unlike the measured ratio this barely moves with other load.
-        let implied = c / (c + per_run);
-        s.rows.push(
-            Row::new(
-                "Throughput ratio implied by that CPU cost (64 B mode)",
-                format!("≥ {TARGET_RATIO}"),
-                format!("{implied:.3}"),
-            )
-            .baseline(format!("{c:.0} + {per_run:.0} ns per send"), format!("{implied:.3}"))
-            .at_least(implied, TARGET_RATIO, "×"),
-        );
-    }
+    costs.report(&mut s, (small_alone.sends > 0).then(|| small_alone.workload_ns_per_send()));
     if let Some(&(ratio, alone_rate)) = medians.get("small") {
         let send_ns = 1e9 / alone_rate;
         let added = send_ns * (1.0 / ratio - 1.0);
@@ -303,11 +221,11 @@ fn report(
         t
     });
     s.details.push(format!(
-        "agent CPU over all observed windows: {:.2}% of one core ({} rounds × {} modes × {:.0} s, sweep interval 1 s)",
+        "agent CPU over all observed windows: {:.2}% of one core ({} rounds × {} modes × {} s, sweep interval 1 s)",
         all_with.observer_cpu_ns as f64 / (all_with.secs * 1e9) * 100.0,
         plan.send_rounds,
         MODES.len(),
-        plan.send_window.as_secs_f64()
+        fmt_num(plan.send_window.as_secs_f64())
     ));
     s.details.push(
         "each round runs every mode alone and observed, in ABBA order; the observer is started and stopped \

@@ -224,6 +224,13 @@ run_case() {
             fail "$label: $hook=$method program $prog ${cnt:+ran $cnt times}${cnt:-is not loaded}"
         fi
     done </tmp/plan
+    # Where the observer says it sweeps marked sockets, their iterator is
+    # loaded too, and runs.
+    if grep -q 'sweeps: the marked sockets' /tmp/observer.log; then
+        want_progs=$((want_progs + 1))
+        cnt=$(awk '$1 == "observer_marked" { print $2 }' /tmp/programs)
+        if [ "${cnt:-0}" -gt 0 ] 2>/dev/null; then ok "$label: marked-socket iterator ran ($cnt runs)"; else fail "$label: marked-socket iterator ${cnt:+ran $cnt times}${cnt:-is not loaded}"; fi
+    fi
     # Refused methods must leave nothing loaded: only the chosen programs remain.
     held=$(grep -c . /tmp/programs)
     if [ "$held" -eq "$want_progs" ]; then ok "$label: holds exactly $held programs"; else fail "$label: holds $held programs, expected $want_progs"; fi

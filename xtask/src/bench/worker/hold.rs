@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
-use super::{control, limits};
+use super::{control, limits, trouble::Groups};
 
 /// File descriptors kept free for everything that is not a held connection.
 const SPARE_FDS: u64 = 64;
@@ -43,9 +43,18 @@ pub fn server(listen: &str, comm: &str) -> Result<()> {
         });
     }
     control::say(&format!("LISTENING {addr} pid={} cap={cap}", std::process::id()));
-    control::serve(|req| match req {
-        "count" => format!("HELD {}", held.load(Ordering::SeqCst)),
-        _ => "ERR unknown request".into(),
+    let mut groups = Groups::default();
+    control::serve(|req| {
+        let mut held_now = streams.lock().unwrap_or_else(|p| p.into_inner());
+        match req.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["count"] => format!("HELD {}", held.load(Ordering::SeqCst)),
+            ["pick", n] => n.parse().map_or("ERR bad count".into(), |n| groups.pick(&held_now, n)),
+            ["write", g, bytes] => match (g.parse(), bytes.parse()) {
+                (Ok(g), Ok(b)) => groups.write(&mut held_now, g, b),
+                _ => "ERR bad write".into(),
+            },
+            _ => "ERR unknown request".into(),
+        }
     })
 }
 

@@ -13,6 +13,7 @@ mod limits;
 mod send;
 mod sink;
 mod storm;
+mod trouble;
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -34,7 +35,7 @@ pub enum Worker {
         #[arg(long, default_value_t = 1)]
         writers: usize,
     },
-    /// Accepts and holds connections (`count`).
+    /// Accepts and holds connections (`count`); writes to picked groups of them (`pick N`, `write G BYTES`).
     HoldServer {
         #[arg(long)]
         listen: String,
