@@ -66,6 +66,11 @@ pub fn observer_sockets(ctx: *mut IterTcpCtx) -> i32 {
     let Some(tp) = record(skc, &mut rec) else {
         return 0;
     };
+    // The walk meets every TCP socket, also those no probe ever saw (the
+    // listener, sockets older than the observer): the timer filter learns here.
+    if !tp.is_null() {
+        crate::write_timer::learn(tp as u64);
+    }
     // Marked here, for the marked-socket sweeps that follow: the target's
     // sockets (the agent gives each an entry in the probes' map) and
     // listeners, not the rest of the namespace.

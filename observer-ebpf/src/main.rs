@@ -3,7 +3,8 @@
 //! Each hook has one program per attach method; the agent loads the first
 //! that the running kernel accepts (see `observer/src/probes/plan.rs`). Every
 //! program only extracts the socket pointer from its context and hands it to
-//! `track`, so all methods of a hook behave the same.
+//! `track`, so all methods of a hook behave the same. Raw tracepoints get
+//! the tracepoint's `TP_PROTO` arguments as they are, without BTF (4.17+).
 #![no_std]
 #![no_main]
 
@@ -11,19 +12,13 @@ mod iter;
 mod kernel;
 mod maps;
 mod track;
+mod write_timer;
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, fentry, fexit, kprobe, raw_tracepoint, tracepoint},
-    programs::{
-        BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext, TracePointContext,
-    },
+    macros::{btf_tracepoint, fentry, fexit, kprobe, raw_tracepoint},
+    programs::{BtfTracePointContext, FEntryContext, FExitContext, ProbeContext, RawTracePointContext},
 };
-use kernel::{Typed, Untyped, off};
-
-#[inline(always)]
-fn tp_field<T: Default>(ctx: &TracePointContext, offset: u32) -> T {
-    unsafe { ctx.read_at::<T>(offset as usize) }.unwrap_or_default()
-}
+use kernel::{Typed, Untyped};
 
 // ---- send path: tcp_sendmsg -------------------------------------------------
 
@@ -47,9 +42,10 @@ pub fn send_tp_btf(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-#[tracepoint]
-pub fn send_tracepoint(ctx: TracePointContext) -> u32 {
-    track::on_send(Untyped(tp_field(&ctx, off!(tp_send_sk))));
+/// `sock_send_length(struct sock *sk, int ret, int flags)`
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn send_raw_tp(ctx: RawTracePointContext) -> i32 {
+    track::on_send(Untyped(ctx.arg::<u64>(0)));
     0
 }
 
@@ -86,19 +82,10 @@ pub fn state_tp_btf(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// `inet_sock_set_state(const struct sock *sk, const int oldstate, const int newstate)`
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn state_raw_tp(ctx: RawTracePointContext) -> i32 {
     track::on_state(Untyped(ctx.arg::<u64>(0)), ctx.arg::<i32>(1), ctx.arg::<i32>(2));
-    0
-}
-
-#[tracepoint]
-pub fn state_tracepoint(ctx: TracePointContext) -> u32 {
-    track::on_state(
-        Untyped(tp_field(&ctx, off!(tp_state_skaddr))),
-        tp_field(&ctx, off!(tp_state_oldstate)),
-        tp_field(&ctx, off!(tp_state_newstate)),
-    );
     0
 }
 
@@ -124,6 +111,13 @@ pub fn timer_tp_btf(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// `timer_expire_entry(struct timer_list *timer, unsigned long baseclk)`
+#[raw_tracepoint(tracepoint = "timer_expire_entry")]
+pub fn timer_raw_tp(ctx: RawTracePointContext) -> i32 {
+    track::on_timer_expire(Untyped(ctx.arg::<u64>(0)));
+    0
+}
+
 // ---- retransmitted segments: tcp_retransmit_skb -----------------------------
 
 #[fentry(function = "tcp_retransmit_skb")]
@@ -146,9 +140,10 @@ pub fn retransmit_tp_btf(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
-#[tracepoint]
-pub fn retransmit_tracepoint(ctx: TracePointContext) -> u32 {
-    track::on_retransmit(Untyped(tp_field(&ctx, off!(tp_retransmit_skaddr))));
+/// `tcp_retransmit_skb(const struct sock *sk, const struct sk_buff *skb)`
+#[raw_tracepoint(tracepoint = "tcp_retransmit_skb")]
+pub fn retransmit_raw_tp(ctx: RawTracePointContext) -> i32 {
+    track::on_retransmit(Untyped(ctx.arg::<u64>(0)));
     0
 }
 

@@ -19,6 +19,7 @@ fn current_tgid() -> u32 {
 /// behind, and dates the state from now; otherwise the first writer wins.
 #[inline(always)]
 fn start(sk: impl Sock, owner: u32, flags: u32, now: u64, birth: bool) -> bool {
+    crate::write_timer::learn(sk.addr());
     let una = kernel::snd_una(sk);
     // Seen mid-life with data outstanding, the last progress is unknown: 0
     // lets the agent date it from the socket's own stamps instead of now.
@@ -256,10 +257,7 @@ pub fn on_write_timer(sk: impl Sock) {
 /// The generic timer hook: only TCP write timers are ours.
 #[inline(always)]
 pub fn on_timer_expire(timer: impl Sock) {
-    // Every timer of the system passes here: one load, then out.
-    let function: u64 = timer.field(kernel::off!(timer_function));
-    if function == 0 || function != kernel::off!(tcp_write_timer) {
-        return;
+    if let Some(sk) = crate::write_timer::socket_of(timer) {
+        on_write_timer(sk);
     }
-    on_write_timer(kernel::Untyped(timer.addr() - kernel::off!(icsk_retransmit_timer) as u64));
 }

@@ -21,6 +21,7 @@ use crate::{
     metrics::{self, Metrics},
     netns,
     probes::{
+        backend::Backend,
         errors::ProbeError,
         loader::{Probes, Sweeps},
     },
@@ -48,8 +49,8 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     probes: &mut Probes,
     name: &'static str,
 ) -> Result<T, ProbeError> {
-    let map = probes.ebpf.as_mut().and_then(|e| e.take_map(name)).ok_or(ProbeError::MissingMap(name))?;
-    T::try_from(map).map_err(|e| ProbeError::Map { name, reason: e.to_string() })
+    let map = probes.ebpf.take_map(name).ok_or(ProbeError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| ProbeError::Map { name, source })
 }
 
 impl KernelMaps {
@@ -76,7 +77,7 @@ pub struct Shared {
 }
 
 pub struct Agent {
-    pub probes: Probes,
+    pub backend: Backend,
     /// None when polling sock_diag: no program, no map, no events.
     pub maps: Option<KernelMaps>,
     pub selector: Selector,
@@ -138,17 +139,19 @@ const WALK_EVERY: u32 = 60;
 
 impl Agent {
     pub fn new(
-        mut probes: Probes,
+        mut backend: Backend,
         selector: Selector,
         thresholds: Thresholds,
         metrics: Metrics,
         shared: Arc<Shared>,
     ) -> Result<Self, ProbeError> {
-        let (maps, tick) =
-            if probes.sock_diag() { (None, diag::TICK_NS) } else { (Some(KernelMaps::take(&mut probes)?), jiffy_ns()) };
+        let (maps, tick) = match &mut backend {
+            Backend::SockDiag(_) => (None, diag::TICK_NS),
+            Backend::Ebpf(probes) => (Some(KernelMaps::take(probes)?), jiffy_ns()),
+        };
         // Linked now, while the start-up privileges are still held.
-        let marked = match (&probes.sweeps, probes.ebpf.as_ref()) {
-            (Sweeps::Marked, Some(ebpf)) => match MarkedSweeps::attach(ebpf) {
+        let marked = match &mut backend {
+            Backend::Ebpf(probes) if probes.sweeps == Sweeps::Marked => match MarkedSweeps::attach(&probes.ebpf) {
                 Ok(m) => Some(m),
                 Err(e) => {
                     warn!("marked-socket sweeps unavailable, every sweep walks all sockets: {e}");
@@ -159,7 +162,7 @@ impl Agent {
             _ => None,
         };
         Ok(Agent {
-            probes,
+            backend,
             maps,
             selector,
             thresholds,
@@ -214,12 +217,13 @@ impl Agent {
     /// key no process can have. Lets the privilege drop find out what this
     /// kernel's `bpf()` asks of a caller that only holds fds.
     pub fn probe_kernel_access(&mut self) -> Result<(), SweepError> {
-        if self.probes.sock_diag() {
-            diag::read_sockets(None)?;
-            return Ok(());
-        }
-        let ebpf = self.probes.ebpf.as_mut().ok_or(iter::IterError::NotLoaded)?;
-        iter::read_sockets(ebpf, None)?;
+        match &mut self.backend {
+            Backend::SockDiag(_) => {
+                diag::read_sockets(None)?;
+                return Ok(());
+            }
+            Backend::Ebpf(probes) => iter::read_sockets(&mut probes.ebpf, None)?,
+        };
         if let Some(marked) = self.marked.as_mut() {
             marked.read()?;
         }
@@ -550,11 +554,9 @@ impl Agent {
                     None => continue,
                 }
             };
-            records.extend(if self.probes.sock_diag() {
-                diag::read_sockets(file)?
-            } else {
-                let ebpf = self.probes.ebpf.as_mut().ok_or(iter::IterError::NotLoaded)?;
-                iter::read_sockets(ebpf, file)?
+            records.extend(match &mut self.backend {
+                Backend::SockDiag(_) => diag::read_sockets(file)?,
+                Backend::Ebpf(probes) => iter::read_sockets(&mut probes.ebpf, file)?,
             });
         }
         Ok(records)

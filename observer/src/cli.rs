@@ -74,12 +74,13 @@ pub struct KernelArgs {
     /// Kernel BTF to read struct layouts from.
     #[arg(long, default_value = crate::probes::offsets::DEFAULT_BTF_PATH, value_name = "PATH")]
     pub btf: PathBuf,
-    /// Force one attach method for a hook, e.g. `send=tracepoint` (repeatable).
+    /// Force one attach method for a hook, e.g. `send=raw_tracepoint` (repeatable).
     /// Hooks: send, close, state, timer, retransmit, sockets. Methods: fentry,
-    /// fexit, kprobe, tp_btf, raw_tracepoint, tracepoint, iter, sweep, and
-    /// sock_diag for sockets (no eBPF at all: see --fallback).
+    /// fexit, kprobe, tp_btf, raw_tracepoint, iter, sweep. `sockets=sock_diag`
+    /// chooses the other backend: no eBPF at all, sockets polled through
+    /// sock_diag (see --fallback); it goes with no other forced method.
     #[arg(long = "probe-method", value_name = "HOOK=METHOD", value_parser = parse_forced)]
-    pub probe_method: Vec<(Hook, Method)>,
+    pub probe_method: Vec<Forced>,
     /// What to do where the kernel or the sandbox refuses eBPF (no CAP_BPF or
     /// CAP_PERFMON, a seccomp filter, BPF compiled out). `sock_diag`: poll the
     /// kernel's socket diagnostics as `ss` does, with a warning; socket gauges
@@ -90,6 +91,13 @@ pub struct KernelArgs {
     /// deployments that must not run degraded.
     #[arg(long, value_enum, default_value = "sock_diag", value_name = "MODE")]
     pub fallback: Fallback,
+}
+
+/// One `--probe-method`: a method of the attach plan, or the sock_diag backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Forced {
+    Method(Hook, Method),
+    SockDiag,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -260,18 +268,18 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn parse_forced(s: &str) -> Result<(Hook, Method), String> {
+fn parse_forced(s: &str) -> Result<Forced, String> {
     let (h, m) = s.split_once('=').ok_or_else(|| format!("`{s}` is not HOOK=METHOD"))?;
-    let hook = Hook::ALL
-        .into_iter()
-        .find(|x| x.name() == h)
-        .ok_or_else(|| format!("unknown hook `{h}` (send, close, state, timer, retransmit, sockets)"))?;
+    let hooks = || Hook::ALL.map(Hook::name).join(", ");
+    let hook = Hook::parse(h).ok_or_else(|| format!("unknown hook `{h}` ({})", hooks()))?;
+    if (hook, m) == (Hook::Sockets, "sock_diag") {
+        return Ok(Forced::SockDiag);
+    }
     let method = Method::parse(m).ok_or_else(|| {
-        format!(
-            "unknown method `{m}` (fentry, fexit, kprobe, tp_btf, raw_tracepoint, tracepoint, iter, sweep, sock_diag)"
-        )
+        let methods = Method::ALL.map(Method::name).join(", ");
+        format!("unknown method `{m}` ({methods}; sock_diag for sockets)")
     })?;
-    Ok((hook, method))
+    Ok(Forced::Method(hook, method))
 }
 
 #[cfg(test)]
@@ -296,8 +304,10 @@ mod tests {
         for bad in ["0", "-5", "x", "99999999999"] {
             assert!(parse_pid(bad).is_err(), "{bad}");
         }
-        assert_eq!(parse_forced("send=kprobe"), Ok((Hook::Send, Method::Kprobe)));
-        assert_eq!(parse_forced("sockets=sock_diag"), Ok((Hook::Sockets, Method::SockDiag)));
+        assert_eq!(parse_forced("send=kprobe"), Ok(Forced::Method(Hook::Send, Method::Kprobe)));
+        assert_eq!(parse_forced("sockets=sock_diag"), Ok(Forced::SockDiag));
+        assert!(parse_forced("send=sock_diag").is_err(), "sock_diag is a backend, not a method of send");
+        assert!(parse_forced("send=tracepoint").is_err(), "classic tracepoints are gone");
         assert!(parse_forced("send").is_err());
         assert!(parse_forced("sned=kprobe").is_err());
         assert!(parse_forced("send=uprobe").is_err());

@@ -16,7 +16,11 @@ use observer::{
     http,
     metrics::Metrics,
     privileges,
-    probes::{self, loader, pins, plan::Hook},
+    probes::{
+        self,
+        backend::{self, Backend},
+        loader, pins,
+    },
     startup::{load_options, start_agent},
     target, top,
 };
@@ -180,14 +184,11 @@ fn check(args: CheckArgs) -> Result<()> {
     let btf = probes::offsets::load_btf(&opts.btf_path).ok();
     let caps = probes::caps::detect(btf.as_ref());
     println!("kernel capabilities:");
-    for (name, ok) in [
-        ("btf", caps.btf),
-        ("trampolines (fentry/fexit)", caps.trampolines),
-        ("kprobes", caps.kprobes),
-        ("tracefs", caps.tracefs),
-        ("iterators", caps.iterators),
-    ] {
+    for (name, ok) in [("btf", caps.btf), ("trampolines (fentry/fexit)", caps.trampolines), ("kprobes", caps.kprobes)] {
         println!("  {name:<28} {}", if ok { "yes" } else { "no" });
+    }
+    for need in &caps.absent {
+        println!("  {:<28} no", need.to_string());
     }
     if args.verify {
         println!("verifier, per method (load only, no attach):");
@@ -199,26 +200,24 @@ fn check(args: CheckArgs) -> Result<()> {
             println!("  {:<10} {:<14} {:<28} {verdict}", a.hook.name(), a.method.name(), a.target);
         }
     }
-    let probes = loader::load(&opts)?;
+    let backend = backend::choose(&opts)?;
     println!("attach plan on this kernel:");
     let mut missing_required = Vec::new();
-    for hook in Hook::ALL {
-        let Some(c) = probes.choices.iter().find(|c| c.hook == hook) else {
-            continue;
-        };
-        match c.method {
-            Some(m) => println!("  {:<10} {:<14} {}", hook.name(), m.name(), c.target),
-            None if probes.sock_diag() => {
-                println!("  {:<10} {:<14} (no eBPF: sockets polled through sock_diag)", hook.name(), "none")
+    for r in backend.report() {
+        match (&backend, r.method) {
+            (Backend::SockDiag(_), None) => {
+                println!("  {:<10} {:<14} (no eBPF: sockets polled through sock_diag)", r.hook.name(), "none")
             }
-            None => {
-                println!("  {:<10} {:<14} ({})", hook.name(), "none", loader::describe_rejections(&c.rejected));
-                if hook.required() {
-                    missing_required.push(hook.name());
+            (_, None) => {
+                let why: Vec<String> = r.passed_over.iter().map(|(m, why)| format!("{m}: {why}")).collect();
+                println!("  {:<10} {:<14} ({})", r.hook.name(), "none", why.join("; "));
+                if r.hook.required() {
+                    missing_required.push(r.hook.name());
                 }
             }
+            (_, Some(method)) => println!("  {:<10} {:<14} {}", r.hook.name(), method, r.target),
         }
-        for (m, why) in &c.rejected {
+        for (m, why) in &r.passed_over {
             println!("  {:<10}   passed over {m}: {why}", "");
         }
     }

@@ -4,11 +4,10 @@
 //! | capability      | needed for                                                        | when |
 //! |-----------------|-------------------------------------------------------------------|------|
 //! | CAP_BPF         | loading programs, creating maps; on kernels before 5.19 also every later `bpf()` call (see below) | start; every sweep before 5.19 |
-//! | CAP_PERFMON     | attaching tracing programs (tp_btf, fentry, kprobes)              | start |
+//! | CAP_PERFMON     | attaching tracing programs (tp_btf, raw_tp, fentry, kprobes)      | start |
 //! | CAP_SYS_PTRACE  | resolving `/proc/PID/fd/*` and `/proc/PID/ns/net` of a process owned by another user | every sweep |
 //! | CAP_DAC_READ_SEARCH | listing that user's `/proc/PID/fd` directory (mode 0500)      | every sweep |
 //! | CAP_SYS_ADMIN   | entering the target's network namespace (another container), mounting bpffs; stands in for CAP_BPF on kernels before 5.8 | every sweep, only for a target in another netns |
-//! | CAP_SYSLOG      | reading `/proc/kallsyms` addresses (timer hook on tp_btf)          | start |
 //! | CAP_SETPCAP     | trimming the bounding set during the drop itself                  | start |
 //!
 //! After start-up only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH are planned to

@@ -11,20 +11,30 @@ use crate::{
     cli,
     metrics::{Metrics, ProbeLabel},
     probes::{
-        loader::{self, LoadOptions},
+        backend::{self, Backend, Wanted},
+        loader::{LoadOptions, Sweeps},
         pins::PinDir,
     },
     sockets, target,
 };
 
 pub fn load_options(k: &cli::KernelArgs, max_sockets: u32, pins: Option<PinDir>) -> LoadOptions {
-    LoadOptions {
-        btf_path: k.btf.clone(),
-        max_sockets,
-        forced: k.probe_method.clone(),
-        pins,
-        fallback: k.fallback == cli::Fallback::SockDiag,
-    }
+    let backend = if k.probe_method.contains(&cli::Forced::SockDiag) {
+        Wanted::SockDiag
+    } else if k.fallback == cli::Fallback::SockDiag {
+        Wanted::EbpfOrSockDiag
+    } else {
+        Wanted::Ebpf
+    };
+    let forced = k
+        .probe_method
+        .iter()
+        .filter_map(|f| match *f {
+            cli::Forced::Method(hook, method) => Some((hook, method)),
+            cli::Forced::SockDiag => None,
+        })
+        .collect();
+    LoadOptions { btf_path: k.btf.clone(), max_sockets, forced, pins, backend }
 }
 
 /// Validates the target, loads and attaches the programs, and returns an
@@ -41,25 +51,26 @@ pub fn start_agent(
     let selector = target.selector();
     target::validate(&selector).context("target")?;
     let reused = pins.as_ref().is_some_and(|p| p.reused);
-    let probes = loader::load(&load_options(kernel, sweep.max_sockets, pins))?;
+    let backend = backend::choose(&load_options(kernel, sweep.max_sockets, pins))?;
     if reused {
         info!("continuing from the state a previous observer pinned");
     }
-    for c in &probes.choices {
-        let method = c.method.map_or("none", |m| m.name());
-        metrics.probe_info.get_or_create(&ProbeLabel { hook: c.hook.name(), method }).set(1);
-        info!("hook {:<10} method {:<14} {}", c.hook.name(), method, c.target);
-        for (m, why) in &c.rejected {
+    for r in backend.report() {
+        metrics.probe_info.get_or_create(&ProbeLabel { hook: r.hook.name(), method: r.method_label() }).set(1);
+        info!("hook {:<10} method {:<14} {}", r.hook.name(), r.method_label(), r.target);
+        for (m, why) in &r.passed_over {
             info!("    passed over {m}: {why}");
         }
     }
-    match &probes.sweeps {
-        loader::Sweeps::Marked => {
-            info!("sweeps: the marked sockets that changed, between full walks of the namespaces' TCP sockets")
+    if let Backend::Ebpf(probes) = &backend {
+        match &probes.sweeps {
+            Sweeps::Marked => {
+                info!("sweeps: the marked sockets that changed, between full walks of the namespaces' TCP sockets")
+            }
+            Sweeps::FullWalks { why } => info!("sweeps: every sweep walks all TCP sockets ({why})"),
         }
-        loader::Sweeps::FullWalks { why } => info!("sweeps: every sweep walks all TCP sockets ({why})"),
     }
-    let mut agent = Agent::new(probes, selector, sweep.thresholds(), metrics, shared)?;
+    let mut agent = Agent::new(backend, selector, sweep.thresholds(), metrics, shared)?;
     agent.purge_stale_on_first_sweep = reused;
     agent.max_sockets = sweep.max_sockets;
     if reused {

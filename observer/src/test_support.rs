@@ -7,7 +7,7 @@ use std::{
 };
 
 /// A directory tree under the temp dir, removed when dropped: a fake `/proc`
-/// or tracefs for parser tests.
+/// for parser tests.
 pub struct TempTree(PathBuf);
 
 impl TempTree {

@@ -29,22 +29,7 @@ pub fn ensure() -> Result<()> {
     apt_packages()?;
     nightly_with_rust_src()?;
     bpf_linker()?;
-    tracefs()?;
     Ok(())
-}
-
-/// Classic tracepoints and their tests read `/sys/kernel/tracing`, which a
-/// host may leave unmounted (this one does): mount it where the kernel has it.
-fn tracefs() -> Result<()> {
-    const AT: &str = "/sys/kernel/tracing";
-    if Path::new(AT).join("events").exists() || !is_root() {
-        return Ok(());
-    }
-    let known = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
-    if !known.lines().any(|l| l.split_whitespace().last() == Some("tracefs")) {
-        return Ok(());
-    }
-    sh::run("mount", &["-t", "tracefs", "tracefs", AT])
 }
 
 fn apt_packages() -> Result<()> {

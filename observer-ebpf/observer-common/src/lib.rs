@@ -45,12 +45,6 @@ pub struct Offsets {
     pub snd_wnd: u32,
     // struct timer_list
     pub timer_function: u32,
-    // classic tracepoint record fields (from tracefs `format` files)
-    pub tp_state_skaddr: u32,
-    pub tp_state_oldstate: u32,
-    pub tp_state_newstate: u32,
-    pub tp_send_sk: u32,
-    pub tp_retransmit_skaddr: u32,
     /// `tcp_sock.rcv_tstamp`: jiffies of the last ACK received.
     pub rcv_tstamp: u32,
     /// `inet_connection_sock.icsk_rto`: the socket's retransmission timeout, jiffies.
@@ -66,9 +60,6 @@ pub struct Offsets {
     /// `socket.file` and `file.f_inode`: the inode through typed loads.
     pub socket_file: u32,
     pub file_inode: u32,
-    /// Address of `tcp_write_timer`, so the generic timer hook can pick out
-    /// the TCP retransmit/probe timer among every timer in the system.
-    pub tcp_write_timer: u64,
 }
 
 /// What the kernel programs learn about one tracked socket from events.
@@ -356,5 +347,5 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<SockRecord>() == 200);
 const _: () = assert!(core::mem::size_of::<SockEvents>() == 72);
 const _: () = assert!(core::mem::size_of::<AgentClocks>() == 80);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 160);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 128);
 const _: () = assert!(core::mem::size_of::<Mark>() == 24);

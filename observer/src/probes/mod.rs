@@ -1,11 +1,10 @@
 //! Getting the kernel programs in: offsets, capabilities, the attach plan,
-//! and the loader that walks it.
+//! the loader that walks it, and the choice between eBPF and sock_diag.
 
+pub mod backend;
 pub mod caps;
 pub mod errors;
-pub mod kallsyms;
 pub mod loader;
 pub mod offsets;
 pub mod pins;
 pub mod plan;
-pub mod tracefs;

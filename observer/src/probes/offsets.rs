@@ -28,7 +28,7 @@ pub fn load_btf(path: &Path) -> Result<Btf, OffsetError> {
         .map_err(|e| OffsetError::Unreadable { path: path.display().to_string(), reason: e.to_string() })
 }
 
-/// Resolves every offset in [`Offsets`] except the tracefs and kallsyms ones.
+/// Resolves every offset in [`Offsets`].
 pub fn resolve(btf: &Btf) -> Result<Offsets, OffsetError> {
     let f = |s: &str, path: &str| field_offset(btf, s, path);
     Ok(Offsets {
@@ -65,7 +65,6 @@ pub fn resolve(btf: &Btf) -> Result<Offsets, OffsetError> {
         // Optional: older kernels lack it, and the stall is then dated from first sight.
         icsk_probes_tstamp: f("inet_connection_sock", "icsk_probes_tstamp").unwrap_or(0),
         timer_function: f("timer_list", "function")?,
-        ..Offsets::default()
     })
 }
 
@@ -138,6 +137,14 @@ pub fn has_func(btf: &Btf, name: &str) -> bool {
     btf.resolve_types_by_name(name).map(|ts| ts.iter().any(|t| matches!(t, Type::Func(_)))).unwrap_or(false)
 }
 
+/// Whether BTF describes tracepoint `name`: every tracepoint has a
+/// `btf_trace_<name>` typedef, which is what tp_btf attaches by.
+pub fn has_tracepoint(btf: &Btf, name: &str) -> bool {
+    btf.resolve_types_by_name(&format!("btf_trace_{name}"))
+        .map(|ts| ts.iter().any(|t| matches!(t, Type::Typedef(_))))
+        .unwrap_or(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,5 +183,7 @@ mod tests {
         let Some(btf) = kernel_btf() else { return };
         assert!(has_func(&btf, "tcp_sendmsg"));
         assert!(!has_func(&btf, "definitely_not_a_kernel_function"));
+        assert!(has_tracepoint(&btf, "inet_sock_set_state"));
+        assert!(!has_tracepoint(&btf, "tcp_sendmsg"), "a function is no tracepoint");
     }
 }

@@ -6,6 +6,7 @@
 //! them behind, and its successor picks them up, so its first sweep says what
 //! the last one said. A clean shutdown removes them: nothing stays pinned.
 
+use observer_common::names;
 use std::{
     ffi::CString,
     fmt,
@@ -23,7 +24,7 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Maps worth keeping: per-socket event state and per-process counters.
 /// Only files of these names, in directories named by [`dir_name`], are
 /// ever removed.
-pub const PINNED_MAPS: [&str; 3] = ["SOCKS", "COUNTERS", "CLOCKS"];
+pub const PINNED_MAPS: [&str; 3] = [names::SOCKS, names::COUNTERS, names::CLOCKS];
 
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {

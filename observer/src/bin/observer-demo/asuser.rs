@@ -18,7 +18,6 @@ const NAMES: &[(&str, u32)] = &[
     ("sys_ptrace", 19),
     ("sys_admin", 21),
     ("sys_resource", 24),
-    ("syslog", 34),
     ("perfmon", 38),
     ("bpf", 39),
 ];
