@@ -22,7 +22,7 @@ use observer_common::{Mark, SockRecord, drop_reason, marks, tcp_state};
 
 use crate::{
     kernel::{self, load, off, read},
-    maps::{SOCKS, count_drop, is_target},
+    maps::{SOCKS, count_drop, hint, is_target},
 };
 
 #[repr(C)]
@@ -117,14 +117,11 @@ pub fn observer_marked(ctx: *mut IterMarkCtx) -> i32 {
     {
         // Settled, no state change and no byte queued since: one field of
         // the socket is read (its cache misses were most of this sweep's
-        // cost), and only its address crosses, so the agent knows it is
-        // still there. Marks live on full TCP sockets only, which makes
-        // the plain read at the tcp_sock offset safe.
-        let item = [marks::ALIVE_TAG, sk as u64];
-        let ret = unsafe { bpf_seq_write((*meta).seq.cast(), item.as_ptr().cast(), 16) };
-        if ret != 0 && ret != EOVERFLOW {
-            count_drop(drop_reason::ITER_WRITE_FAILED);
-        }
+        // cost) and nothing crosses; the agent checks the count of these
+        // against its table, and learns of closes from `GONE`. Marks live
+        // on full TCP sockets only, which makes the plain read at the
+        // tcp_sock offset safe.
+        hint(marks::SETTLED_SEEN);
         return 0;
     }
     // Only full sockets carry marks.

@@ -78,8 +78,9 @@ pub trait Sock: Copy {
     /// Gives the socket a mark (0: its record must cross at the next
     /// marked-socket sweep). False where marks are off or cannot be had.
     fn mark(self) -> bool;
-    /// Tells the marked-socket sweep that the socket's state is changing.
-    fn touch(self);
+    /// Tells the marked-socket sweep that the socket's state is changing;
+    /// true when the socket carries a mark.
+    fn touch(self) -> bool;
     /// The same socket as a full TCP socket, or None for any other kind:
     /// a typed `struct sock *` only reaches `tcp_sock` fields once the
     /// verifier has seen it checked.
@@ -112,15 +113,17 @@ impl Sock for Typed {
         marking() && !storage(self.0, BPF_SK_STORAGE_GET_F_CREATE as u64).is_null()
     }
     #[inline(always)]
-    fn touch(self) {
+    fn touch(self) -> bool {
         if !marking() {
-            return;
+            return false;
         }
         let mark = storage(self.0, 0);
-        if !mark.is_null() {
-            // Racing bumps may lose one another; any of them moves it.
-            unsafe { (*mark).generation += 1 };
+        if mark.is_null() {
+            return false;
         }
+        // Racing bumps may lose one another; any of them moves it.
+        unsafe { (*mark).generation += 1 };
+        true
     }
     #[inline(always)]
     fn tcp(self) -> Option<Self> {
@@ -147,7 +150,9 @@ impl Sock for Untyped {
         false
     }
     #[inline(always)]
-    fn touch(self) {}
+    fn touch(self) -> bool {
+        false
+    }
     #[inline(always)]
     fn tcp(self) -> Option<Self> {
         (protocol(self) == IPPROTO_TCP).then_some(self)

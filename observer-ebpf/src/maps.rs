@@ -4,7 +4,7 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, Queue},
 };
 use observer_common::{AgentClocks, Mark, PortKey, ProcCounters, SockEvents, drop_reason, marks};
 
@@ -37,6 +37,11 @@ pub static CLOCKS: HashMap<u64, AgentClocks> = HashMap::with_max_entries(65_536,
 /// Socket-local storage, so it dies with the socket and needs no eviction.
 #[btf_map]
 pub static MARKS: SkStorage<Mark> = SkStorage::new();
+
+/// Marked sockets that closed, for the agent to drop: a settled socket
+/// crosses as nothing, so its absence says nothing.
+#[map]
+pub static GONE: Queue<u64> = Queue::with_max_entries(65_536, 0);
 
 /// What the probes saw that only a full walk shows, by `marks::HINT_*`.
 #[map]

@@ -6,7 +6,7 @@ use observer_common::{FLAG_APP_CLOSED, FLAG_COUNTED_OPEN, PortKey, SockEvents, d
 
 use crate::{
     kernel::{self, Sock},
-    maps::{Counter, SOCKS, TARGET_PORTS, bump, bump_by, count_drop, hint, is_target},
+    maps::{Counter, GONE, SOCKS, TARGET_PORTS, bump, bump_by, count_drop, hint, is_target},
 };
 
 #[inline(always)]
@@ -131,7 +131,9 @@ pub fn on_state(sk: impl Sock, old: i32, new: i32) {
     };
     let (old, new) = (old as u8, new as u8);
     // Before the kernel stores the new state: see `iter::settle`.
-    sk.touch();
+    if sk.touch() && new == tcp_state::CLOSE && GONE.push(sk.addr(), 0).is_err() {
+        hint(marks::HINT_GONE_LOST);
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     if new == tcp_state::SYN_SENT {
         // connect() runs in the caller's context: attribute by current.

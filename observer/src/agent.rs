@@ -43,6 +43,7 @@ pub struct KernelMaps {
     counters: PerCpuHashMap<MapData, u32, ProcCounters>,
     drops: PerCpuArray<MapData, u64>,
     hints: PerCpuArray<MapData, u64>,
+    gone: aya::maps::Queue<MapData, u64>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -63,6 +64,7 @@ impl KernelMaps {
             counters: take(probes, names::COUNTERS)?,
             drops: take(probes, names::DROPS)?,
             hints: take(probes, names::HINTS)?,
+            gone: take(probes, names::GONE)?,
         })
     }
 }
@@ -285,7 +287,7 @@ impl Agent {
         let marked = self.read_marked();
         let t_read = t0.elapsed();
         let actions = match marked {
-            Some(m) => {
+            Some((m, settled, gone, closing)) => {
                 if !full_scan && self.table.needs_owner_scan(&m.records, &scan.inode_owner, &targets) {
                     scan = target::scan(&pids);
                     targets = scan.pids.iter().copied().collect();
@@ -298,11 +300,20 @@ impl Agent {
                     self.walk(&scan, &targets, full_scan)?
                 } else {
                     let now = monotonic_ns();
-                    self.since_walk += 1;
-                    self.metrics.marked_sweeps.inc();
                     self.metrics.sweep_records_read.inc_by(m.records.len() as u64);
                     self.metrics.sweep_bytes_read.inc_by(m.bytes as u64);
-                    self.table.merge(now, &m.records, &m.alive, &scan.inode_owner, &targets, &self.thresholds)
+                    let (th, owners) = (&self.thresholds, &scan.inode_owner);
+                    match self.table.merge(now, &m.records, settled, &gone, &closing, owners, &targets, th) {
+                        Some(actions) => {
+                            self.since_walk += 1;
+                            self.metrics.marked_sweeps.inc();
+                            actions
+                        }
+                        None => {
+                            debug!("marked sweep: {settled} settled sockets do not match the table; walking");
+                            self.walk(&scan, &targets, full_scan)?
+                        }
+                    }
                 }
             }
             None => {
@@ -372,18 +383,24 @@ impl Agent {
     /// The marked-socket sweep's read, when this sweep may be one: marks
     /// are available, every socket of the table carries one, and the probes
     /// saw nothing only a walk shows. None: walk.
-    fn read_marked(&mut self) -> Option<Marked> {
+    fn read_marked(&mut self) -> Option<(Marked, u64, Vec<u64>, Vec<u64>)> {
         self.marked.as_ref()?;
         let hinted = self.read_hints();
         let due = self.metrics.sweeps.get() == 0 || self.since_walk >= WALK_EVERY;
         // More target sockets than the probes' map holds: its LRU evicts
         // entries of settled sockets, which only a walk notices.
         let crowded = self.table.len() >= self.max_sockets as usize;
+        let gone = self.drain_gone();
         if hinted || due || crowded || !self.unread_netns.is_empty() || !self.table.all_marked() {
             return None;
         }
-        match self.marked.as_mut()?.read() {
-            Ok(m) => Some(m),
+        let read = self.marked.as_mut()?.read();
+        // Closes queued while the sweep ran: each may or may not have been
+        // counted as settled.
+        let closing = self.drain_gone();
+        let settled = self.read_settled();
+        match read {
+            Ok(m) => Some((m, settled, gone, closing)),
             Err(e) => {
                 self.metrics.sweep_errors.inc();
                 warn!("marked-socket sweep failed, walking instead: {e}");
@@ -392,11 +409,26 @@ impl Agent {
         }
     }
 
+    /// Marked sockets that closed since the last drain.
+    fn drain_gone(&mut self) -> Vec<u64> {
+        let Some(maps) = self.maps.as_mut() else { return Vec::new() };
+        // Bounded by the queue's size: the probes may push meanwhile.
+        (0..maps.gone.capacity()).map_while(|_| maps.gone.pop(0).ok()).collect()
+    }
+
+    /// Settled sockets the last marked sweep passed over.
+    fn read_settled(&mut self) -> u64 {
+        let Some(maps) = self.maps.as_ref() else { return 0 };
+        let slot = marks::SETTLED_SEEN;
+        let total: u64 = maps.hints.get(&slot, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
+        total.saturating_sub(std::mem::replace(&mut self.last_hints[slot as usize], total))
+    }
+
     /// Whether the probes left a hint since the last read (`marks::HINT_*`).
     fn read_hints(&mut self) -> bool {
         let Some(maps) = self.maps.as_ref() else { return false };
         let mut hinted = false;
-        for slot in 0..marks::HINT_COUNT {
+        for slot in (0..marks::HINT_COUNT).filter(|&s| s != marks::SETTLED_SEEN) {
             let Ok(per_cpu) = maps.hints.get(&slot, 0) else { continue };
             let total: u64 = per_cpu.iter().sum();
             hinted |= total != std::mem::replace(&mut self.last_hints[slot as usize], total);

@@ -205,20 +205,13 @@ pub mod marks {
     /// A socket started being tracked without a mark (marking unavailable
     /// or refused): only a full walk shows it.
     pub const HINT_UNMARKED: u32 = 1;
-    pub const HINT_COUNT: u32 = 2;
-
-    /// A quiet socket that has not changed crosses as two words: this tag,
-    /// whose top bit is clear where a kernel address (and so a record's
-    /// first field) has it set, then its address. (The verifier allows no
-    /// arithmetic on the address, so it is not folded into the tag.)
-    pub const ALIVE_TAG: u64 = 1;
-
-    /// Whether `word`, the first of an item in the marked-socket stream,
-    /// starts a full record rather than being an alive mark.
-    #[inline(always)]
-    pub fn starts_record(word: u64) -> bool {
-        word >> 63 == 1
-    }
+    /// A marked socket closed and the `GONE` queue was full: the agent
+    /// cannot tell which, only a walk can.
+    pub const HINT_GONE_LOST: u32 = 2;
+    /// Not a hint: settled sockets the marked-socket sweeps visited, which
+    /// cross as nothing at all; the agent checks its table against it.
+    pub const SETTLED_SEEN: u32 = 3;
+    pub const HINT_COUNT: u32 = 4;
 }
 
 impl SockRecord {
@@ -315,6 +308,7 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const DROPS: &str = "DROPS";
     pub const HINTS: &str = "HINTS";
+    pub const GONE: &str = "GONE";
     /// The iterator over `MARKS`, the sockets' marks (socket-local storage).
     pub const MARKED_PROGRAM: &str = "observer_marked";
     pub const MARKS: &str = "MARKS";

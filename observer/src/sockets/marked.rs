@@ -14,7 +14,7 @@ use std::{
 };
 
 use aya::{Ebpf, maps::Map, programs::Iter};
-use observer_common::{SockRecord, marks};
+use observer_common::SockRecord;
 
 use super::iter::IterError;
 
@@ -35,10 +35,8 @@ pub struct MarkedSweeps {
 /// What one marked-socket sweep read.
 #[derive(Debug, Default)]
 pub struct Marked {
-    /// Sockets that are not quiet, or changed since they last crossed.
+    /// Sockets that are not settled.
     pub records: Vec<SockRecord>,
-    /// Quiet sockets unchanged since their record last crossed.
-    pub alive: Vec<u64>,
     /// Bytes that crossed from the kernel.
     pub bytes: usize,
 }
@@ -120,63 +118,7 @@ impl MarkedSweeps {
     }
 }
 
-/// Splits the stream into records and alive items (`marks::ALIVE_TAG`).
+/// The records of the stream: a settled socket writes nothing.
 pub fn decode(buf: &[u8]) -> Result<Marked, IterError> {
-    const RECORD: usize = size_of::<SockRecord>();
-    let mut out = Marked { bytes: buf.len(), ..Marked::default() };
-    let mut at = 0;
-    while at < buf.len() {
-        let Some(word) = buf.get(at..at + 8) else {
-            return Err(IterError::Torn(buf.len() - at));
-        };
-        let word = u64::from_ne_bytes(word.try_into().map_err(|_| IterError::Torn(buf.len() - at))?);
-        if !marks::starts_record(word) {
-            let Some(sk) = buf.get(at + 8..at + 16) else {
-                return Err(IterError::Torn(buf.len() - at));
-            };
-            out.alive.push(u64::from_ne_bytes(sk.try_into().map_err(|_| IterError::Torn(buf.len() - at))?));
-            at += 16;
-            continue;
-        }
-        let Some(chunk) = buf.get(at..at + RECORD) else {
-            return Err(IterError::Torn(buf.len() - at));
-        };
-        // SAFETY: SockRecord is plain old data of exactly RECORD bytes, and
-        // read_unaligned makes no alignment assumption about the buffer.
-        out.records.push(unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<SockRecord>()) });
-        at += RECORD;
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bytes(rec: &SockRecord) -> &[u8] {
-        // SAFETY: viewing a POD value as bytes.
-        unsafe { std::slice::from_raw_parts((rec as *const SockRecord).cast::<u8>(), size_of::<SockRecord>()) }
-    }
-
-    #[test]
-    fn decodes_records_between_alive_words_and_rejects_torn_ones() {
-        let a = SockRecord { sk: 0xffff_8880_1234_5678, inode: 42, state: 1, ..Default::default() };
-        let alive = 0xffff_8880_dead_b000u64;
-        let mut buf = Vec::new();
-        for item in [&[marks::ALIVE_TAG, alive][..], &[], &[marks::ALIVE_TAG, alive + 64]] {
-            if item.is_empty() {
-                buf.extend_from_slice(bytes(&a));
-            }
-            for w in item {
-                buf.extend_from_slice(&w.to_ne_bytes());
-            }
-        }
-        let out = decode(&buf).expect("whole items");
-        assert_eq!(out.records, vec![a]);
-        assert_eq!(out.alive, vec![alive, alive + 64]);
-        assert_eq!(out.bytes, buf.len());
-        assert!(matches!(decode(&buf[..buf.len() - 3]), Err(IterError::Torn(_))));
-        assert!(matches!(decode(&buf[..12]), Err(IterError::Torn(_))));
-        assert!(matches!(decode(&buf[..40]), Err(IterError::Torn(_))));
-    }
+    Ok(Marked { records: super::iter::decode(buf)?, bytes: buf.len() })
 }

@@ -100,6 +100,10 @@ pub struct SocketTable {
     /// Socket inodes of the targets that the last full walk showed are not
     /// TCP sockets (UDP, unix).
     foreign_inodes: HashSet<u64>,
+    /// Marked sockets that are not in the table.
+    foreign_marked: HashSet<u64>,
+    /// When the last sweep ran.
+    last_now: u64,
 }
 
 /// Aggregates over the table for one set of owners.
@@ -232,46 +236,79 @@ impl SocketTable {
         }
         let unread = std::mem::take(&mut self.unread);
         self.finish(targets, &unread);
+        // Marked sockets that are not the targets' (a listener of another
+        // process, a socket given away): the marked sweeps count them too.
+        self.foreign_marked =
+            records.iter().filter(|r| r.marked != 0 && !self.socks.contains_key(&r.sk)).map(|r| r.sk).collect();
+        self.last_now = now;
         actions
     }
 
-    /// A marked-socket sweep (`sockets::marked`): `records` are the sockets
-    /// that crossed (not quiet, or changed), `alive` the quiet ones that did
-    /// not change, whose entries stand as they are. A marked socket in
-    /// neither has closed. Only valid while every entry is marked
-    /// ([`Self::all_marked`]): others the marked sweep cannot see.
+    /// A marked-socket sweep (`sockets::marked`): `records` are the marked
+    /// sockets that are not settled; `settled` how many settled ones the
+    /// kernel passed over, which cross as nothing and stand as they are.
+    /// `gone` are marked sockets that closed before the read, `closing`
+    /// those that closed during it (either counted as settled or not).
+    /// None when the count disagrees with the table (a close the probes
+    /// could not queue, a mark the table does not know): then only a walk
+    /// can tell. Only valid while every entry is marked ([`Self::all_marked`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn merge(
         &mut self,
         now: u64,
         records: &[SockRecord],
-        alive: &[u64],
+        settled: u64,
+        gone: &[u64],
+        closing: &[u64],
         inode_owner: &HashMap<u64, u32>,
         targets: &HashSet<u32>,
         thresholds: &Thresholds,
-    ) -> SweepActions {
+    ) -> Option<SweepActions> {
+        for sk in gone {
+            self.socks.remove(sk);
+            self.foreign_marked.remove(sk);
+        }
+        let crossed: HashSet<u64> = records.iter().map(|r| r.sk).collect();
+        let quiet_here = |sk: &u64| !crossed.contains(sk);
+        let expected = self.socks.keys().filter(|sk| quiet_here(sk)).count()
+            + self.foreign_marked.iter().filter(|sk| quiet_here(sk)).count();
+        let maybe = closing.iter().filter(|sk| quiet_here(sk)).count();
+        let settled = settled as usize;
+        if settled > expected || settled + maybe < expected {
+            return None;
+        }
+        for sk in closing {
+            self.socks.remove(sk);
+            self.foreign_marked.remove(sk);
+        }
         let mut actions = SweepActions::default();
         self.generation += 1;
-        let generation = self.generation;
         self.known_owners.extend(targets.iter().copied());
         let listeners = listener_owners(records, inode_owner);
         for rec in records {
+            if let Some(t) = self.socks.get_mut(&rec.sk)
+                && t.record.quiet()
+            {
+                // Settled since it last crossed, so quiet at the last sweep:
+                // nothing was outstanding and the window was open then.
+                t.progress_at = t.progress_at.max(self.last_now);
+                t.open_at = t.open_at.max(self.last_now);
+            }
             self.absorb(rec, now, inode_owner, &listeners, false, thresholds, &mut actions);
-        }
-        for sk in alive {
-            if let Some(t) = self.socks.get_mut(sk) {
-                // Quiet since it last crossed: nothing outstanding, window
-                // open, so what `update` would say of a fresh record.
-                t.seen = generation;
-                t.progress_at = now;
-                t.open_at = now;
+            if self.socks.contains_key(&rec.sk) {
+                self.foreign_marked.remove(&rec.sk);
+            } else if rec.marked != 0 {
+                self.foreign_marked.insert(rec.sk);
             }
         }
         // Listening sockets are never quiet, so all of them crossed.
-        for t in self.socks.values().filter(|t| t.seen == generation && t.is_listener()) {
+        for t in self.socks.values().filter(|t| t.is_listener()) {
             actions.listen_ports.insert((t.record.netns, t.record.sport), t.owner);
         }
-        self.finish(targets, &HashSet::new());
-        actions
+        let owning: HashSet<u32> = self.socks.values().map(|t| t.owner).collect();
+        self.known_owners.retain(|p| targets.contains(p) || owning.contains(p));
+        self.last_now = now;
+        Some(actions)
     }
 
     /// Applies a fresh read of the targets' file tables to the table
@@ -293,6 +330,9 @@ impl SocketTable {
         for sk in gone {
             if let Some(t) = self.socks.remove(&sk) {
                 self.disowned.insert(sk, t.record.inode);
+                if t.record.marked != 0 {
+                    self.foreign_marked.insert(sk);
+                }
             }
         }
         inode_owner.keys().any(|i| !known.contains(i) && !self.foreign_inodes.contains(i))
@@ -619,7 +659,7 @@ mod tests {
     }
 
     #[test]
-    fn a_marked_sweep_keeps_quiet_sockets_updates_those_that_crossed_and_drops_the_closed() {
+    fn a_marked_sweep_keeps_settled_sockets_updates_those_that_crossed_and_drops_the_closed() {
         let mut table = SocketTable::with_tick(TICK);
         let targets = HashSet::from([100]);
         let fds = owners(&[(11, 100), (22, 100), (33, 100)]);
@@ -640,14 +680,26 @@ mod tests {
             rcv_tstamp: 1000 + (SEC / TICK) as u32,
             ..b
         };
-        table.merge(2 * SEC, &[stuck(2)], &[1], &fds, &targets, &th());
-        assert_eq!(table.len(), 2, "the socket in neither list is gone");
-        let one = table.sockets().find(|t| t.record.sk == 1).map(|t| (t.progress_at, t.open_at));
-        assert_eq!(one, Some((2 * SEC, 2 * SEC)), "a quiet socket's clocks move on as if its record had crossed");
+        let merged = table.merge(2 * SEC, &[stuck(2)], 1, &[3], &[], &fds, &targets, &th());
+        assert!(merged.is_some());
+        assert_eq!(table.len(), 2, "the closed socket is gone");
+        // A settled socket the probes never said closed, and the count
+        // disagrees: only a walk can tell.
+        assert!(table.merge(3 * SEC, &[stuck(3)], 0, &[], &[], &fds, &targets, &th()).is_none());
+        // One that closed during the read may or may not have been counted.
+        let mut t2 = SocketTable::with_tick(TICK);
+        t2.sweep(SEC, &[a, b], &fds, &targets, true, &th());
+        assert!(t2.merge(2 * SEC, &[], 1, &[], &[2], &fds, &targets, &th()).is_some());
+        assert_eq!(t2.len(), 1);
         // The peer of 2 stays silent: dead once the record keeps crossing.
-        table.merge(5 * SEC, &[stuck(5)], &[1], &fds, &targets, &th());
+        table.merge(5 * SEC, &[stuck(5)], 1, &[], &[], &fds, &targets, &th());
         assert_eq!(class_of(&table, 2), Some(Class::Healthy), "silent for 4 s");
-        table.merge(7 * SEC, &[stuck(7)], &[1], &fds, &targets, &th());
+        table.merge(7 * SEC, &[stuck(7)], 1, &[], &[], &fds, &targets, &th());
+        // Settled all along, it crosses again with data outstanding: its
+        // progress clock starts at the last sweep, not at its last crossing.
+        let busy = SockRecord { snd_nxt: 10, write_seq: 10, jiffies: 3000, rcv_tstamp: 3000, ..a };
+        table.merge(8 * SEC, &[stuck(8), busy], 0, &[], &[], &fds, &targets, &th());
+        assert_eq!(table.sockets().find(|t| t.record.sk == 1).map(|t| t.progress_at), Some(7 * SEC));
         assert_eq!(class_of(&table, 2), Some(Class::Zombie(ZombieReason::DeadPeer)));
         assert_eq!(class_of(&table, 1), Some(Class::Healthy));
         // A TIME_WAIT socket (the listener's) carries no mark: only walks see it.
