@@ -420,8 +420,7 @@ impl Agent {
     fn read_settled(&mut self) -> u64 {
         let Some(maps) = self.maps.as_ref() else { return 0 };
         let slot = marks::SETTLED_SEEN;
-        let total: u64 = maps.hints.get(&slot, 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
-        total.saturating_sub(std::mem::replace(&mut self.last_hints[slot as usize], total))
+        per_cpu_delta(&maps.hints, slot, &mut self.last_hints[slot as usize]).unwrap_or(0)
     }
 
     /// Whether the probes left a hint since the last read (`marks::HINT_*`).
@@ -429,9 +428,7 @@ impl Agent {
         let Some(maps) = self.maps.as_ref() else { return false };
         let mut hinted = false;
         for slot in (0..marks::HINT_COUNT).filter(|&s| s != marks::SETTLED_SEEN) {
-            let Ok(per_cpu) = maps.hints.get(&slot, 0) else { continue };
-            let total: u64 = per_cpu.iter().sum();
-            hinted |= total != std::mem::replace(&mut self.last_hints[slot as usize], total);
+            hinted |= per_cpu_delta(&maps.hints, slot, &mut self.last_hints[slot as usize]).is_some_and(|n| n != 0);
         }
         hinted
     }
@@ -690,13 +687,16 @@ impl Agent {
             return;
         };
         for reason in 0..drop_reason::COUNT {
-            let Ok(per_cpu) = maps.drops.get(&reason, 0) else {
-                continue;
-            };
-            let total: u64 = per_cpu.iter().sum();
-            let slot = &mut self.last_drops[reason as usize];
-            self.metrics.add_dropped(reason as usize, total.saturating_sub(*slot));
-            *slot = total;
+            if let Some(n) = per_cpu_delta(&maps.drops, reason, &mut self.last_drops[reason as usize]) {
+                self.metrics.add_dropped(reason as usize, n);
+            }
         }
     }
+}
+
+/// How much the per-CPU counter `slot` of `map`, summed over CPUs, grew
+/// since `last`, which becomes its current total; None when unreadable.
+fn per_cpu_delta(map: &PerCpuArray<MapData, u64>, slot: u32, last: &mut u64) -> Option<u64> {
+    let total: u64 = map.get(&slot, 0).ok()?.iter().sum();
+    Some(total.saturating_sub(std::mem::replace(last, total)))
 }
