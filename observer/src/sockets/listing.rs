@@ -27,7 +27,7 @@ pub fn endpoint(family: u8, addr: &[u8; 16], port: u16) -> String {
 /// The listing after sweep number `sweep` (the value `observer_sweeps_total`
 /// has once that sweep is counted).
 pub fn render(table: &SocketTable, sweep: u64) -> String {
-    let mut rows: Vec<_> = table.sockets().filter(|t| t.class != Class::Healthy).collect();
+    let mut rows: Vec<_> = table.notable().map(|(_, t)| t).filter(|t| t.class != Class::Healthy).collect();
     rows.sort_by_key(|t| (t.class.label(), t.record.dport, t.record.sk));
     let mut out = format!(
         "# sweep {sweep}: {} sockets zombie or stalled (healthy ones are not listed)\n\

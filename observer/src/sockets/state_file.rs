@@ -96,11 +96,11 @@ pub fn as_tracked(seed: &Seed, rec: &SockRecord) -> Tracked {
 
 /// The sockets whose clocks are worth keeping, with those clocks.
 pub fn seeds(table: &SocketTable) -> impl Iterator<Item = (u64, Seed)> + '_ {
-    table.entries().filter(|(_, t)| worth_keeping(t)).map(|(sk, t)| (*sk, seed_of(t)))
+    table.notable().filter(|(_, t)| worth_keeping(t)).map(|(sk, t)| (*sk, seed_of(t)))
 }
 
 /// Whether a socket has a clock worth keeping.
-fn worth_keeping(t: &Tracked) -> bool {
+pub(crate) fn worth_keeping(t: &Tracked) -> bool {
     t.record.state != tcp_state::LISTEN
         && (t.close_wait_at.is_some()
             || t.zero_window_at.is_some()

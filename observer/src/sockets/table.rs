@@ -2,14 +2,18 @@
 //! iterator's records (the kernel's truth) and the probes' event state.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{HashMap, HashSet},
     time::Duration,
 };
 
 use observer_common::{FLAG_APP_CLOSED, SockEvents, SockRecord, tcp_state, timer};
 
-use crate::classify::{self, Class, Observed, StallReason, Thresholds, ZombieReason};
-use crate::sockets::state_file::{self, Seed};
+use crate::classify::{self, Class, Observed, Thresholds};
+pub use crate::sockets::summary::Summary;
+use crate::sockets::{
+    entries::Entries,
+    state_file::{self, Seed},
+};
 
 /// One socket of a target, with the times the agent keeps for it.
 #[derive(Clone, Debug)]
@@ -81,7 +85,7 @@ pub struct SweepActions {
 
 #[derive(Default)]
 pub struct SocketTable {
-    socks: HashMap<u64, Tracked>,
+    socks: Entries,
     /// Length of a jiffy in ns, to date what a socket did before the agent
     /// first saw it; 0 when unknown (then such clocks start at first sight).
     tick_ns: u64,
@@ -104,43 +108,6 @@ pub struct SocketTable {
     foreign_marked: HashSet<u64>,
     /// When the last sweep ran.
     last_now: u64,
-}
-
-/// Aggregates over the table for one set of owners.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Summary {
-    pub by_state: BTreeMap<u8, u64>,
-    pub zombies: BTreeMap<ZombieReason, u64>,
-    pub zombie_bytes: BTreeMap<ZombieReason, u64>,
-    pub stalled: BTreeMap<StallReason, u64>,
-    pub stalled_bytes: BTreeMap<StallReason, u64>,
-    pub unsent: u64,
-    pub unacked: u64,
-    pub tracked: u64,
-}
-
-impl Summary {
-    fn add(&mut self, t: &Tracked) {
-        self.tracked += 1;
-        *self.by_state.entry(t.record.state).or_default() += 1;
-        if t.is_listener() {
-            return;
-        }
-        let (unsent, unacked) = (t.unsent() as u64, t.unacked() as u64);
-        self.unsent += unsent;
-        self.unacked += unacked;
-        match t.class {
-            Class::Zombie(r) => {
-                *self.zombies.entry(r).or_default() += 1;
-                *self.zombie_bytes.entry(r).or_default() += unsent + unacked;
-            }
-            Class::Stalled(r) => {
-                *self.stalled.entry(r).or_default() += 1;
-                *self.stalled_bytes.entry(r).or_default() += unsent + unacked;
-            }
-            Class::Healthy => {}
-        }
-    }
 }
 
 impl SocketTable {
@@ -270,8 +237,10 @@ impl SocketTable {
         }
         let crossed: HashSet<u64> = records.iter().map(|r| r.sk).collect();
         let quiet_here = |sk: &u64| !crossed.contains(sk);
-        let expected = self.socks.keys().filter(|sk| quiet_here(sk)).count()
-            + self.foreign_marked.iter().filter(|sk| quiet_here(sk)).count();
+        // Counted from what crossed, not over the table: that is the cost of a sweep.
+        let crossed_in = |set_has: &dyn Fn(&u64) -> bool| crossed.iter().filter(|sk| set_has(sk)).count();
+        let expected = self.socks.len() - crossed_in(&|sk| self.socks.contains_key(sk)) + self.foreign_marked.len()
+            - crossed_in(&|sk| self.foreign_marked.contains(sk));
         let maybe = closing.iter().filter(|sk| quiet_here(sk)).count();
         let settled = settled as usize;
         if settled > expected || settled + maybe < expected {
@@ -286,13 +255,14 @@ impl SocketTable {
         self.known_owners.extend(targets.iter().copied());
         let listeners = listener_owners(records, inode_owner);
         for rec in records {
-            if let Some(t) = self.socks.get_mut(&rec.sk)
-                && t.record.quiet()
-            {
+            if self.socks.get(&rec.sk).is_some_and(|t| t.record.quiet()) {
                 // Settled since it last crossed, so quiet at the last sweep:
                 // nothing was outstanding and the window was open then.
-                t.progress_at = t.progress_at.max(self.last_now);
-                t.open_at = t.open_at.max(self.last_now);
+                let last = self.last_now;
+                self.socks.modify(&rec.sk, |t| {
+                    t.progress_at = t.progress_at.max(last);
+                    t.open_at = t.open_at.max(last);
+                });
             }
             self.absorb(rec, now, inode_owner, &listeners, false, thresholds, &mut actions);
             if self.socks.contains_key(&rec.sk) {
@@ -302,11 +272,11 @@ impl SocketTable {
             }
         }
         // Listening sockets are never quiet, so all of them crossed.
-        for t in self.socks.values().filter(|t| t.is_listener()) {
+        for t in self.socks.listeners() {
             actions.listen_ports.insert((t.record.netns, t.record.sport), t.owner);
         }
-        let owning: HashSet<u32> = self.socks.values().map(|t| t.owner).collect();
-        self.known_owners.retain(|p| targets.contains(p) || owning.contains(p));
+        let owning = self.socks.by_owner();
+        self.known_owners.retain(|p| targets.contains(p) || owning.contains_key(p));
         self.last_now = now;
         Some(actions)
     }
@@ -319,13 +289,17 @@ impl SocketTable {
         // One a target holds again is not in the table: it counts as unknown below.
         self.disowned.retain(|_, inode| !inode_owner.contains_key(inode));
         let mut known = HashSet::with_capacity(self.socks.len());
-        let mut gone = Vec::new();
-        for (sk, t) in self.socks.iter_mut().filter(|(_, t)| t.record.inode != 0) {
+        let (mut moved, mut gone) = (Vec::new(), Vec::new());
+        for (sk, t) in self.socks.iter().filter(|(_, t)| t.record.inode != 0) {
             known.insert(t.record.inode);
             match inode_owner.get(&t.record.inode) {
-                Some(&pid) => t.owner = pid,
+                Some(&pid) if pid != t.owner => moved.push((*sk, pid)),
+                Some(_) => {}
                 None => gone.push(*sk),
             }
+        }
+        for (sk, pid) in moved {
+            self.socks.modify(&sk, |t| t.owner = pid);
         }
         for sk in gone {
             if let Some(t) = self.socks.remove(&sk) {
@@ -341,7 +315,7 @@ impl SocketTable {
     /// Whether every socket of the table carries a mark, so that a
     /// marked-socket sweep sees all of them (TIME_WAIT sockets never do).
     pub fn all_marked(&self) -> bool {
-        self.socks.values().all(|t| t.record.marked != 0)
+        self.socks.all_marked()
     }
 
     /// One record's socket into the table, if a target owns it.
@@ -416,32 +390,28 @@ impl SocketTable {
         self.socks.retain(|_, t| t.seen == generation || unread.contains(&t.record.netns));
         // A seed not matched at the first sweep is of a socket that is gone.
         self.seeds.clear();
-        let owning: HashSet<u32> = self.socks.values().map(|t| t.owner).collect();
-        self.known_owners.retain(|p| targets.contains(p) || owning.contains(p));
+        let owning = self.socks.by_owner();
+        self.known_owners.retain(|p| targets.contains(p) || owning.contains_key(p));
     }
 
     pub fn mark_kernel_tracked(&mut self, sk: u64) {
-        if let Some(t) = self.socks.get_mut(&sk) {
-            t.kernel_tracked = true;
-        }
+        self.socks.modify(&sk, |t| t.kernel_tracked = true);
     }
 
     /// Summary over every socket in the table.
     pub fn summary(&self) -> Summary {
-        let mut s = Summary::default();
-        for t in self.socks.values() {
-            s.add(t);
-        }
-        s
+        self.socks.total().clone()
     }
 
-    /// One summary per owning process, in a single pass over the table.
+    /// One summary per owning process.
     pub fn summary_by_owner(&self) -> HashMap<u32, Summary> {
-        let mut by: HashMap<u32, Summary> = HashMap::new();
-        for t in self.socks.values() {
-            by.entry(t.owner).or_default().add(t);
-        }
-        by
+        self.socks.by_owner().iter().map(|(&pid, s)| (pid, s.clone())).collect()
+    }
+
+    /// The sockets in trouble, and those with a clock worth keeping: the
+    /// few a sweep lists and pins, found without a pass over the table.
+    pub fn notable(&self) -> impl Iterator<Item = (&u64, &Tracked)> {
+        self.socks.notable()
     }
 }
 
@@ -598,6 +568,7 @@ fn update(prev: Option<&Tracked>, owner: u32, rec: &SockRecord, now: u64, tick_n
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::classify::{StallReason, ZombieReason};
     use observer_common::FLAG_APP_CLOSED;
 
     const SEC: u64 = 1_000_000_000;
