@@ -18,7 +18,7 @@
 use core::ffi::c_void;
 
 use aya_ebpf::helpers::generated::{bpf_jiffies64, bpf_ktime_get_ns, bpf_seq_write, bpf_skc_to_tcp_sock};
-use observer_common::{Mark, SockRecord, drop_reason, marks, tcp_state};
+use observer_common::{HeldSocket, Mark, SockRecord, drop_reason, marks, tcp_state};
 
 use crate::{
     kernel::{self, load, off, read},
@@ -49,7 +49,19 @@ pub struct IterMarkCtx {
     value: *mut Mark,
 }
 
+/// `struct bpf_iter__task_file`
+#[repr(C)]
+pub struct IterFileCtx {
+    meta: *mut IterMeta,
+    task: *mut c_void,
+    fd: u32,
+    _pad: u32,
+    file: *mut c_void,
+}
+
 const AF_INET6: u16 = 10;
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
 const EOVERFLOW: i64 = -75;
 
 #[unsafe(no_mangle)]
@@ -141,6 +153,42 @@ pub fn observer_marked(ctx: *mut IterMarkCtx) -> i32 {
     // buffer could not take is shown again, and must cross then.
     if write(meta, &rec) {
         settle(mark, generation, &rec);
+    }
+    0
+}
+
+/// `iter/task_file`: every socket file of a watched process, as (inode,
+/// process, fd). The kernel walks the file tables in place of a
+/// `readlink` per fd of `/proc/PID/fd`, and only watched processes' sockets
+/// cross. Threads that share their leader's table are skipped by the kernel.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "iter/task_file")]
+pub fn observer_owners(ctx: *mut IterFileCtx) -> i32 {
+    let meta = unsafe { (*ctx).meta };
+    let task = unsafe { (*ctx).task } as *const u8;
+    let file = unsafe { (*ctx).file } as *const u8;
+    if task.is_null() || file.is_null() {
+        return 0;
+    }
+    let tgid: u32 = load(task, off!(task_tgid));
+    if !is_target(tgid) {
+        return 0;
+    }
+    let inode: *const u8 = load(file, off!(file_inode));
+    if inode.is_null() {
+        return 0;
+    }
+    let mode: u16 = load(inode, off!(inode_mode));
+    if mode & S_IFMT != S_IFSOCK {
+        return 0;
+    }
+    let held = HeldSocket { inode: load(inode, off!(inode_ino)), tgid, fd: unsafe { (*ctx).fd } };
+    let seq = unsafe { (*meta).seq };
+    let len = core::mem::size_of::<HeldSocket>() as u32;
+    // -EOVERFLOW: the buffer is full and the kernel shows this file again.
+    let ret = unsafe { bpf_seq_write(seq.cast(), (&held as *const HeldSocket).cast(), len) };
+    if ret != 0 && ret != EOVERFLOW {
+        count_drop(drop_reason::ITER_WRITE_FAILED);
     }
     0
 }

@@ -24,6 +24,7 @@ use crate::{
         backend::Backend,
         errors::ProbeError,
         loader::{Probes, Sweeps},
+        plan::{Hook, Method},
     },
     proc,
     sockets::{
@@ -115,6 +116,8 @@ pub struct Agent {
     /// The marked-socket sweep, where the kernel allows it; sweeps since
     /// the last full walk, and the probes' hints as last read.
     marked: Option<MarkedSweeps>,
+    /// The plan's `owners` hook took the file-table iterator.
+    owners_in_kernel: bool,
     since_walk: u32,
     last_hints: [u64; marks::HINT_COUNT as usize],
 }
@@ -163,6 +166,12 @@ impl Agent {
             },
             _ => None,
         };
+        let owners_in_kernel = match &backend {
+            Backend::Ebpf(probes) => {
+                probes.choices.iter().any(|c| c.hook == Hook::Owners && c.method == Some(Method::Iter))
+            }
+            Backend::SockDiag(_) => false,
+        };
         Ok(Agent {
             backend,
             maps,
@@ -186,6 +195,7 @@ impl Agent {
             ports: HashMap::new(),
             last_counters: HashMap::new(),
             last_drops: [0; drop_reason::COUNT as usize],
+            owners_in_kernel,
             marked,
             since_walk: 0,
             last_hints: [0; marks::HINT_COUNT as usize],
@@ -274,7 +284,7 @@ impl Agent {
             || self.since_full_scan >= FULL_SCAN_EVERY
             || self.scan.as_ref().is_none_or(|s| s.pids != pids);
         if rescan {
-            self.scan = Some(target::scan(&pids));
+            self.scan = Some(self.scan_owners(&pids));
             self.since_full_scan = 0;
         } else {
             self.since_full_scan += 1;
@@ -289,7 +299,7 @@ impl Agent {
         let actions = match marked {
             Some((m, settled, gone, closing)) => {
                 if !full_scan && self.table.needs_owner_scan(&m.records, &scan.inode_owner, &targets) {
-                    scan = target::scan(&pids);
+                    scan = self.scan_owners(&pids);
                     targets = scan.pids.iter().copied().collect();
                     self.since_full_scan = 0;
                     full_scan = true;
@@ -297,6 +307,7 @@ impl Agent {
                 // A file-table read between walks is applied to the table; a
                 // socket it shows that the table lacks needs a walk to be seen.
                 if full_scan && self.table.reown(&scan.inode_owner) {
+                    debug!("the file tables show sockets the table lacks; walking");
                     self.walk(&scan, &targets, full_scan)?
                 } else {
                     let now = monotonic_ns();
@@ -409,6 +420,21 @@ impl Agent {
         }
     }
 
+    /// Who holds which socket among `pids`: from the kernel's file-table
+    /// iterator where the plan chose it, else from `/proc/PID/fd`.
+    fn scan_owners(&mut self, pids: &[u32]) -> target::Scan {
+        if let (true, Backend::Ebpf(probes)) = (self.owners_in_kernel, &mut self.backend) {
+            match target::held::read(&mut probes.ebpf) {
+                Ok(held) => return target::scan_held(pids, &held, &self.tgids),
+                Err(e) => {
+                    self.metrics.sweep_errors.inc();
+                    warn!("file-table iterator failed, reading /proc instead: {e}");
+                }
+            }
+        }
+        target::scan(pids)
+    }
+
     /// Marked sockets that closed since the last drain.
     fn drain_gone(&mut self) -> Vec<u64> {
         let Some(maps) = self.maps.as_mut() else { return Vec::new() };
@@ -448,7 +474,7 @@ impl Agent {
         // listening port) before its file shows up in a file table; before
         // trusting them, read who holds it now.
         if !full_scan && self.table.needs_owner_scan(&records, &scan.inode_owner, &targets) {
-            *scan = target::scan(pids);
+            *scan = self.scan_owners(pids);
             self.since_full_scan = 0;
             // Sockets accepted since the records were read belong to the next sweep.
             let targets: HashSet<u32> = scan.pids.iter().copied().collect();

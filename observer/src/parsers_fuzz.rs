@@ -18,7 +18,7 @@ proptest! {
 
     #[test]
     fn iterator_output_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..1000)) {
-        match iter::decode(&bytes) {
+        match iter::decode::<observer_common::SockRecord>(&bytes) {
             Ok(records) => prop_assert_eq!(records.len() * size_of::<observer_common::SockRecord>(), bytes.len()),
             Err(_) => prop_assert!(bytes.len() % size_of::<observer_common::SockRecord>() != 0),
         }

@@ -60,6 +60,20 @@ pub struct Offsets {
     /// `socket.file` and `file.f_inode`: the inode through typed loads.
     pub socket_file: u32,
     pub file_inode: u32,
+    /// `inode.i_mode` (whether a file is a socket) and `task_struct.tgid`:
+    /// what the file-table iterator reads.
+    pub inode_mode: u32,
+    pub task_tgid: u32,
+}
+
+/// One socket file of a watched process, as the file-table iterator
+/// (`iter/task_file`) hands it over: who holds which socket inode.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeldSocket {
+    pub inode: u64,
+    pub tgid: u32,
+    pub fd: u32,
 }
 
 /// What the kernel programs learn about one tracked socket from events.
@@ -312,6 +326,8 @@ pub mod names {
     /// The iterator over `MARKS`, the sockets' marks (socket-local storage).
     pub const MARKED_PROGRAM: &str = "observer_marked";
     pub const MARKS: &str = "MARKS";
+    /// The `iter/task_file` program that lists the watched processes' sockets.
+    pub const OWNERS_PROGRAM: &str = "observer_owners";
 }
 
 /// Key of the map of listening ports the target owns, so that a connection
@@ -334,6 +350,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockRecord {}
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::AgentClocks {}
+    unsafe impl aya::Pod for super::HeldSocket {}
 }
 
 // The agent parses iterator output as a stream of these; a layout with
@@ -341,5 +358,6 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<SockRecord>() == 200);
 const _: () = assert!(core::mem::size_of::<SockEvents>() == 72);
 const _: () = assert!(core::mem::size_of::<AgentClocks>() == 80);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 128);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 136);
+const _: () = assert!(core::mem::size_of::<HeldSocket>() == 16);
 const _: () = assert!(core::mem::size_of::<Mark>() == 24);

@@ -282,7 +282,7 @@ fn load_and_attach(prog: &mut Program, a: &Attach, btf: &AyaBtf, attach: bool) -
             let p: &mut Iter = prog.try_into()?;
             p.load(a.target, btf)?;
         }
-        Method::Sweep => {}
+        Method::Sweep | Method::Procfs => {}
     }
     Ok(())
 }

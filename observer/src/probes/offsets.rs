@@ -49,6 +49,8 @@ pub fn resolve(btf: &Btf) -> Result<Offsets, OffsetError> {
         inode_ino: f("inode", "i_ino")?,
         socket_file: f("socket", "file")?,
         file_inode: f("file", "f_inode")?,
+        inode_mode: f("inode", "i_mode")?,
+        task_tgid: f("task_struct", "tgid")?,
         icsk_retransmits: f("inet_connection_sock", "icsk_retransmits")?,
         icsk_pending: f("inet_connection_sock", "icsk_pending")?,
         icsk_backoff: f("inet_connection_sock", "icsk_backoff")?,

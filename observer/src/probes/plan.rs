@@ -24,6 +24,8 @@
 //! |            | tp_btf  | `tcp_retransmit_skb`        | BTF, tracepoint `tcp_retransmit_skb`                |
 //! |            | raw_tp  | `tcp_retransmit_skb`        | tracepoint `tcp_retransmit_skb`                     |
 //! | sockets    | iter    | `tcp`                       | BTF, function `bpf_iter_tcp` (5.9+)                 |
+//! | owners     | iter    | `task_file`                 | BTF, function `bpf_iter_task_file` (5.8+)           |
+//! |            | procfs  | `/proc/PID/fd`              | nothing: a `readlink` per fd                        |
 //!
 //! fentry/fexit cost least (~35 ns, a direct trampoline call) but need BTF and
 //! kernel trampolines, which some kernels or policies refuse; kprobes work on
@@ -47,13 +49,16 @@ pub enum Hook {
     Timer,
     Retransmit,
     Sockets,
+    /// Who holds which socket: the watched processes' file tables.
+    Owners,
 }
 
 impl Hook {
     /// Every hook, in the order the loader attaches them: the iterator first,
     /// since the eBPF backend stands on it and the `sweep` method relies on it;
     /// the state hook next, which every class needs; then the event hooks.
-    pub const ALL: [Hook; 6] = [Hook::Sockets, Hook::State, Hook::Send, Hook::Close, Hook::Timer, Hook::Retransmit];
+    pub const ALL: [Hook; 7] =
+        [Hook::Sockets, Hook::Owners, Hook::State, Hook::Send, Hook::Close, Hook::Timer, Hook::Retransmit];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -63,6 +68,7 @@ impl Hook {
             Hook::Timer => "timer",
             Hook::Retransmit => "retransmit",
             Hook::Sockets => "sockets",
+            Hook::Owners => "owners",
         }
     }
 
@@ -94,10 +100,12 @@ pub enum Method {
     Iter,
     /// Nothing is attached: the periodic iterator sweep notices the effect.
     Sweep,
+    /// Nothing is loaded: the agent reads `/proc/PID/fd` itself.
+    Procfs,
 }
 
 impl Method {
-    pub const ALL: [Method; 7] = [
+    pub const ALL: [Method; 8] = [
         Method::Fentry,
         Method::Fexit,
         Method::Kprobe,
@@ -105,6 +113,7 @@ impl Method {
         Method::RawTracepoint,
         Method::Iter,
         Method::Sweep,
+        Method::Procfs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -116,6 +125,7 @@ impl Method {
             Method::RawTracepoint => "raw_tracepoint",
             Method::Iter => "iter",
             Method::Sweep => "sweep",
+            Method::Procfs => "procfs",
         }
     }
 
@@ -200,6 +210,8 @@ pub const PLAN: &[Attach] = &[
     Attach { hook: Retransmit, method: TpBtf, program: "retransmit_tp_btf", target: "tcp_retransmit_skb", needs: &[Btf, Tp("tcp_retransmit_skb")] },
     Attach { hook: Retransmit, method: RawTracepoint, program: "retransmit_raw_tp", target: "tcp_retransmit_skb", needs: &[Tp("tcp_retransmit_skb")] },
     Attach { hook: Sockets, method: Iter, program: observer_common::names::ITER_PROGRAM, target: "tcp", needs: &[Btf, Func("bpf_iter_tcp")] },
+    Attach { hook: Owners, method: Iter, program: observer_common::names::OWNERS_PROGRAM, target: "task_file", needs: &[Btf, Func("bpf_iter_task_file")] },
+    Attach { hook: Owners, method: Procfs, program: "", target: "/proc/PID/fd", needs: &[] },
 ];
 
 /// The methods of `hook` in order of preference.
@@ -281,7 +293,7 @@ mod tests {
                 Method::TpBtf => assert!(has(Need::Btf) && has(Need::Tracepoint(a.target)), "{a:?}"),
                 Method::RawTracepoint => assert_eq!(a.needs, &[Need::Tracepoint(a.target)], "no BTF needed: {a:?}"),
                 Method::Iter => assert!(has(Need::Btf) && named, "{a:?}"),
-                Method::Sweep => assert!(a.needs.is_empty() && a.program.is_empty(), "{a:?}"),
+                Method::Sweep | Method::Procfs => assert!(a.needs.is_empty() && a.program.is_empty(), "{a:?}"),
             }
         }
     }
@@ -295,6 +307,7 @@ mod tests {
         assert_eq!(first(Hook::Retransmit, &c), Some(Method::Fentry));
         assert_eq!(first(Hook::State, &c), Some(Method::TpBtf));
         assert_eq!(first(Hook::Sockets, &c), Some(Method::Iter));
+        assert_eq!(first(Hook::Owners, &c), Some(Method::Iter));
     }
 
     #[test]
@@ -339,6 +352,7 @@ mod tests {
         assert_eq!(first(Hook::Timer, &c), Some(Method::RawTracepoint));
         assert_eq!(first(Hook::Retransmit, &c), Some(Method::RawTracepoint));
         assert_eq!(first(Hook::Sockets, &c), None, "no iterator: the sock_diag backend");
+        assert_eq!(first(Hook::Owners, &c), Some(Method::Procfs));
     }
 
     #[test]

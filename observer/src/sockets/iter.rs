@@ -39,10 +39,10 @@ pub fn read_sockets(ebpf: &mut Ebpf, netns: Option<&File>) -> Result<Vec<SockRec
     read_records(&mut file)
 }
 
-/// Decodes while reading, a chunk at a time, so a sweep of 100k sockets
-/// never holds the raw bytes and the records at once.
-fn read_records(file: &mut File) -> Result<Vec<SockRecord>, IterError> {
-    const SIZE: usize = size_of::<SockRecord>();
+/// Decodes an iterator's output while reading, a chunk at a time, so a
+/// sweep of 100k sockets never holds the raw bytes and the records at once.
+pub fn read_records<T: aya::Pod>(file: &mut File) -> Result<Vec<T>, IterError> {
+    let size = size_of::<T>();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut filled = 0;
     let mut out = Vec::new();
@@ -54,8 +54,8 @@ fn read_records(file: &mut File) -> Result<Vec<SockRecord>, IterError> {
             Err(e) => return Err(IterError::Kernel(format!("reading: {e}"))),
         };
         filled += n;
-        let whole = filled - filled % SIZE;
-        out.extend(decode(&chunk[..whole])?);
+        let whole = filled - filled % size;
+        out.extend(decode::<T>(&chunk[..whole])?);
         chunk.copy_within(whole..filled, 0);
         filled -= whole;
     }
@@ -66,16 +66,16 @@ fn read_records(file: &mut File) -> Result<Vec<SockRecord>, IterError> {
 }
 
 /// Splits iterator output into records.
-pub fn decode(buf: &[u8]) -> Result<Vec<SockRecord>, IterError> {
-    const SIZE: usize = size_of::<SockRecord>();
-    if !buf.len().is_multiple_of(SIZE) {
+pub fn decode<T: aya::Pod>(buf: &[u8]) -> Result<Vec<T>, IterError> {
+    let size = size_of::<T>();
+    if !buf.len().is_multiple_of(size) {
         return Err(IterError::Torn(buf.len()));
     }
     Ok(buf
-        .chunks_exact(SIZE)
-        // SAFETY: SockRecord is plain old data of exactly SIZE bytes, and
+        .chunks_exact(size)
+        // SAFETY: T is plain old data (aya::Pod) of exactly `size` bytes, and
         // read_unaligned makes no alignment assumption about the buffer.
-        .map(|chunk| unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<SockRecord>()) })
+        .map(|chunk| unsafe { std::ptr::read_unaligned(chunk.as_ptr().cast::<T>()) })
         .collect())
 }
 
@@ -93,9 +93,9 @@ mod tests {
                 std::slice::from_raw_parts((&rec as *const SockRecord).cast::<u8>(), size_of::<SockRecord>())
             });
         }
-        let out = decode(&buf).expect("whole records");
+        let out: Vec<SockRecord> = decode(&buf).expect("whole records");
         assert_eq!(out, vec![rec; 3]);
-        assert!(matches!(decode(&buf[..buf.len() - 1]), Err(IterError::Torn(_))));
-        assert_eq!(decode(&[]).expect("empty is fine"), vec![]);
+        assert!(matches!(decode::<SockRecord>(&buf[..buf.len() - 1]), Err(IterError::Torn(_))));
+        assert_eq!(decode::<SockRecord>(&[]).expect("empty is fine"), vec![]);
     }
 }

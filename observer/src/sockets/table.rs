@@ -14,6 +14,7 @@ use crate::sockets::{
     entries::Entries,
     state_file::{self, Seed},
 };
+use crate::target::InodeOwners;
 
 /// One socket of a target, with the times the agent keeps for it.
 #[derive(Clone, Debug)]
@@ -149,12 +150,7 @@ impl SocketTable {
     /// the last read of the file tables did not see: then who holds it must
     /// be read again before trusting the probes (it may have been accepted
     /// by another process on the same port).
-    pub fn needs_owner_scan(
-        &self,
-        records: &[SockRecord],
-        inode_owner: &HashMap<u64, u32>,
-        targets: &HashSet<u32>,
-    ) -> bool {
+    pub fn needs_owner_scan(&self, records: &[SockRecord], inode_owner: &InodeOwners, targets: &HashSet<u32>) -> bool {
         records.iter().any(|r| {
             r.inode != 0
                 && r.has_events != 0
@@ -178,7 +174,7 @@ impl SocketTable {
         &mut self,
         now: u64,
         records: &[SockRecord],
-        inode_owner: &HashMap<u64, u32>,
+        inode_owner: &InodeOwners,
         targets: &HashSet<u32>,
         full_scan: bool,
         thresholds: &Thresholds,
@@ -227,7 +223,7 @@ impl SocketTable {
         settled: u64,
         gone: &[u64],
         closing: &[u64],
-        inode_owner: &HashMap<u64, u32>,
+        inode_owner: &InodeOwners,
         targets: &HashSet<u32>,
         thresholds: &Thresholds,
     ) -> Option<SweepActions> {
@@ -285,16 +281,24 @@ impl SocketTable {
     /// without a walk: a socket whose file no target holds any more is no
     /// longer theirs. True when the tables show a socket the table does not
     /// know (handed over, or missed): then only a full walk can tell.
-    pub fn reown(&mut self, inode_owner: &HashMap<u64, u32>) -> bool {
+    pub fn reown(&mut self, inode_owner: &InodeOwners) -> bool {
         // One a target holds again is not in the table: it counts as unknown below.
         self.disowned.retain(|_, inode| !inode_owner.contains_key(inode));
-        let mut known = HashSet::with_capacity(self.socks.len());
+        // Counted, not collected: a socket's inode is its own while it lives
+        // (one per socket file), so the tables show an unknown socket exactly
+        // when they hold more inodes than the table and the targets' other
+        // files account for. At 96k sockets a set of them cost as much as
+        // the kernel's read of the tables.
+        let mut matched = 0;
         let (mut moved, mut gone) = (Vec::new(), Vec::new());
         for (sk, t) in self.socks.iter().filter(|(_, t)| t.record.inode != 0) {
-            known.insert(t.record.inode);
             match inode_owner.get(&t.record.inode) {
-                Some(&pid) if pid != t.owner => moved.push((*sk, pid)),
-                Some(_) => {}
+                Some(&pid) => {
+                    matched += 1;
+                    if pid != t.owner {
+                        moved.push((*sk, pid));
+                    }
+                }
                 None => gone.push(*sk),
             }
         }
@@ -309,7 +313,8 @@ impl SocketTable {
                 }
             }
         }
-        inode_owner.keys().any(|i| !known.contains(i) && !self.foreign_inodes.contains(i))
+        let foreign = self.foreign_inodes.iter().filter(|i| inode_owner.contains_key(i)).count();
+        inode_owner.len() > matched + foreign
     }
 
     /// Whether every socket of the table carries a mark, so that a
@@ -324,7 +329,7 @@ impl SocketTable {
         &mut self,
         rec: &SockRecord,
         now: u64,
-        inode_owner: &HashMap<u64, u32>,
+        inode_owner: &InodeOwners,
         listeners: &HashMap<(u32, u16), Option<u32>>,
         full_scan: bool,
         thresholds: &Thresholds,
@@ -417,7 +422,7 @@ impl SocketTable {
 
 /// (netns, port) -> the target listening there; None where a process we do
 /// not watch listens on the same port too (then no guess is made).
-fn listener_owners(records: &[SockRecord], inode_owner: &HashMap<u64, u32>) -> HashMap<(u32, u16), Option<u32>> {
+fn listener_owners(records: &[SockRecord], inode_owner: &InodeOwners) -> HashMap<(u32, u16), Option<u32>> {
     let mut by_port: HashMap<(u32, u16), Option<u32>> = HashMap::new();
     for r in records.iter().filter(|r| r.state == tcp_state::LISTEN) {
         let owner = inode_owner.get(&r.inode).copied();
@@ -579,7 +584,7 @@ mod tests {
         SockRecord { sk, inode, state, snd_wnd: 65535, rto: 51, ..Default::default() }
     }
 
-    fn owners(pairs: &[(u64, u32)]) -> HashMap<u64, u32> {
+    fn owners(pairs: &[(u64, u32)]) -> InodeOwners {
         pairs.iter().copied().collect()
     }
 

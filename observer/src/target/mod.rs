@@ -1,6 +1,10 @@
 //! Which processes are watched, and which sockets and memory are theirs.
 
-use std::collections::{BTreeMap, HashMap};
+pub mod held;
+
+use std::collections::{BTreeMap, HashSet};
+
+use observer_common::HeldSocket;
 
 use log::{debug, warn};
 
@@ -65,11 +69,15 @@ pub fn resolve(selector: &Selector) -> Vec<u32> {
     }
 }
 
+/// Socket inode -> owning PID. Keyed by inode numbers no user picks, and
+/// looked up once per socket of the table at every file-table read.
+pub type InodeOwners = foldhash::HashMap<u64, u32>;
+
 /// What one sweep knows about the target processes.
 #[derive(Debug, Default)]
 pub struct Scan {
     /// Socket inode -> owning PID.
-    pub inode_owner: HashMap<u64, u32>,
+    pub inode_owner: InodeOwners,
     /// Network namespace inode -> PIDs in it.
     pub netns: BTreeMap<u64, Vec<u32>>,
     /// PIDs that could be read (others exited meanwhile or are unreadable).
@@ -86,6 +94,26 @@ pub fn scan(pids: &[u32]) -> Scan {
         s.netns.entry(ns).or_default().push(pid);
         s.pids.push(pid);
     }
+    s
+}
+
+/// The same from the file-table iterator's output: `held` lists the
+/// sockets of the processes in `registered` (those the kernel filters on);
+/// the others' file tables are read from `/proc`.
+pub fn scan_held(pids: &[u32], held: &[HeldSocket], registered: &HashSet<u32>) -> Scan {
+    let mut s = Scan::default();
+    for &pid in pids {
+        let Ok(ns) = netns::inode_of(pid) else { continue };
+        if !registered.contains(&pid) {
+            let Ok(inodes) = proc::read_socket_inodes(pid) else { continue };
+            s.inode_owner.extend(inodes.into_iter().map(|i| (i, pid)));
+        }
+        s.netns.entry(ns).or_default().push(pid);
+        s.pids.push(pid);
+    }
+    let read: HashSet<u32> = s.pids.iter().copied().filter(|p| registered.contains(p)).collect();
+    s.inode_owner.reserve(held.len());
+    s.inode_owner.extend(held.iter().filter(|h| read.contains(&h.tgid)).map(|h| (h.inode, h.tgid)));
     s
 }
 

@@ -119,8 +119,8 @@ programs_of() {
 
 program_for() {
     case "$2" in
-        sweep | sock_diag | none) echo "" ;; # nothing loaded into the kernel
-        iter) echo observer_sockets ;;
+        sweep | procfs | sock_diag | none) echo "" ;; # nothing loaded into the kernel
+        iter) if [ "$1" = owners ]; then echo observer_owners; else echo observer_sockets; fi ;;
         raw_tracepoint) echo "$1_raw_tp" ;;
         *) echo "$1_$2" ;;
     esac

@@ -79,7 +79,7 @@ fn decode(datagram: &[u8], seq: u32, netns: u32, now_ms: u32, out: &mut Vec<Sock
 #[cfg(test)]
 mod tests {
     use std::{
-        collections::{HashMap, HashSet},
+        collections::HashSet,
         io::Write,
         net::{TcpListener, TcpStream},
         os::fd::AsRawFd,
@@ -111,7 +111,7 @@ mod tests {
             .collect();
         assert_eq!(done, [false, true, false, true]);
         assert!(records.iter().all(|r| r.inode != 0 && r.has_events == 0), "mini-sockets skipped");
-        let owners: HashMap<u64, u32> = records.iter().map(|r| (r.inode, 7)).collect();
+        let owners: crate::target::InodeOwners = records.iter().map(|r| (r.inode, 7)).collect();
         let targets = HashSet::from([7]);
         let secs = |s| Duration::from_secs(s);
         let th = Thresholds { dead_after: secs(2), close_wait_after: secs(2), stall_after: secs(2) };
