@@ -234,7 +234,7 @@ impl Agent {
                 diag::read_sockets(None)?;
                 return Ok(());
             }
-            Backend::Ebpf(probes) => iter::read_sockets(&mut probes.ebpf, None)?,
+            Backend::Ebpf(probes) => iter::read_sockets(&mut probes.ebpf, None, &|_| true)?,
         };
         if let Some(marked) = self.marked.as_mut() {
             marked.read()?;
@@ -480,7 +480,7 @@ impl Agent {
             let targets: HashSet<u32> = scan.pids.iter().copied().collect();
             return Ok((self.walk(scan, &targets, true)?, true));
         }
-        Ok((self.apply_records(&records, scan, &targets, full_scan), false))
+        Ok((self.apply_records(records, scan, &targets, full_scan), false))
     }
 
     /// A full walk of the watched namespaces, into the table.
@@ -491,24 +491,28 @@ impl Agent {
         full_scan: bool,
     ) -> Result<SweepActions, SweepError> {
         let records = self.read_records(scan)?;
-        Ok(self.apply_records(&records, scan, targets, full_scan))
+        Ok(self.apply_records(records, scan, targets, full_scan))
     }
 
     fn apply_records(
         &mut self,
-        records: &[SockRecord],
+        records: Vec<SockRecord>,
         scan: &target::Scan,
         targets: &HashSet<u32>,
         full_scan: bool,
     ) -> SweepActions {
         if std::mem::take(&mut self.purge_stale_on_first_sweep) {
-            self.purge_stale(records);
+            self.purge_stale(&records);
         }
         self.since_walk = 0;
-        self.metrics.sweep_records_read.inc_by(records.len() as u64);
-        self.metrics.sweep_bytes_read.inc_by(std::mem::size_of_val(records) as u64);
         self.table.keep_unread(&self.unread_netns);
-        self.table.sweep(monotonic_ns(), records, &scan.inode_owner, targets, full_scan, &self.thresholds)
+        let th = &self.thresholds;
+        let actions = self.table.sweep(monotonic_ns(), &records, &scan.inode_owner, targets, full_scan, th);
+        if records.len() >= RELEASE_AFTER {
+            drop(records);
+            release_freed_memory();
+        }
+        actions
     }
 
     /// Continues from the clocks an earlier observer kept (`--state-file`).
@@ -582,6 +586,8 @@ impl Agent {
 
         self.unread_netns.clear();
         let mut records = Vec::new();
+        // What crossed from the kernel, kept or not.
+        let crossed = std::cell::Cell::new(0usize);
         for (ns, pid) in namespaces {
             if Some(ns) != self.own_netns
                 && let Some(pid) = pid
@@ -609,11 +615,20 @@ impl Agent {
                     None => continue,
                 }
             };
-            records.extend(match &mut self.backend {
-                Backend::SockDiag(_) => diag::read_sockets(file)?,
-                Backend::Ebpf(probes) => iter::read_sockets(&mut probes.ebpf, file)?,
-            });
+            // Sockets of other processes are dropped as they are decoded: in a
+            // busy namespace they are most of it, and the walk's peak memory.
+            let (table, owners) = (&self.table, &scan.inode_owner);
+            let keep = |r: &SockRecord| {
+                crossed.set(crossed.get() + 1);
+                table.may_concern(r, owners)
+            };
+            match &mut self.backend {
+                Backend::SockDiag(_) => records.extend(diag::read_sockets(file)?.into_iter().filter(|r| keep(r))),
+                Backend::Ebpf(probes) => records.extend(iter::read_sockets(&mut probes.ebpf, file, &keep)?),
+            }
         }
+        self.metrics.sweep_records_read.inc_by(crossed.get() as u64);
+        self.metrics.sweep_bytes_read.inc_by((crossed.get() * std::mem::size_of::<SockRecord>()) as u64);
         Ok(records)
     }
 
@@ -722,6 +737,19 @@ impl Agent {
 
 /// How much the per-CPU counter `slot` of `map`, summed over CPUs, grew
 /// since `last`, which becomes its current total; None when unreadable.
+/// Walks of at least this many records give their memory back.
+const RELEASE_AFTER: usize = 10_000;
+
+/// A big walk's records are freed in pieces the allocator keeps for reuse,
+/// and the peak would stay resident between walks: hand the free pages back.
+fn release_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn per_cpu_delta(map: &PerCpuArray<MapData, u64>, slot: u32, last: &mut u64) -> Option<u64> {
     let total: u64 = map.get(&slot, 0).ok()?.iter().sum();
     Some(total.saturating_sub(std::mem::replace(last, total)))

@@ -23,8 +23,13 @@ pub enum IterError {
     Torn(usize),
 }
 
-/// Reads every full TCP socket of the current (or given) network namespace.
-pub fn read_sockets(ebpf: &mut Ebpf, netns: Option<&File>) -> Result<Vec<SockRecord>, IterError> {
+/// Reads the full TCP sockets of the current (or given) network namespace
+/// that `keep` wants.
+pub fn read_sockets(
+    ebpf: &mut Ebpf,
+    netns: Option<&File>,
+    keep: &dyn Fn(&SockRecord) -> bool,
+) -> Result<Vec<SockRecord>, IterError> {
     let prog: &mut Iter = ebpf
         .program_mut(ITER_PROGRAM)
         .ok_or(IterError::NotLoaded)?
@@ -36,12 +41,13 @@ pub fn read_sockets(ebpf: &mut Ebpf, netns: Option<&File>) -> Result<Vec<SockRec
         None => link.into_file().map_err(|e| IterError::Kernel(e.to_string()))?,
         Some(ns) => netns::inside(ns, || link.into_file().map_err(|e| IterError::Kernel(e.to_string())))??,
     };
-    read_records(&mut file)
+    read_records(&mut file, keep)
 }
 
-/// Decodes an iterator's output while reading, a chunk at a time, so a
-/// sweep of 100k sockets never holds the raw bytes and the records at once.
-pub fn read_records<T: aya::Pod>(file: &mut File) -> Result<Vec<T>, IterError> {
+/// Decodes an iterator's output while reading, a chunk at a time, keeping
+/// what `keep` wants: a sweep of 100k sockets never holds the raw bytes
+/// and the records at once, nor records nobody asked for.
+pub fn read_records<T: aya::Pod>(file: &mut File, keep: &dyn Fn(&T) -> bool) -> Result<Vec<T>, IterError> {
     let size = size_of::<T>();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut filled = 0;
@@ -55,7 +61,7 @@ pub fn read_records<T: aya::Pod>(file: &mut File) -> Result<Vec<T>, IterError> {
         };
         filled += n;
         let whole = filled - filled % size;
-        out.extend(decode::<T>(&chunk[..whole])?);
+        out.extend(decode::<T>(&chunk[..whole])?.into_iter().filter(|r| keep(r)));
         chunk.copy_within(whole..filled, 0);
         filled -= whole;
     }

@@ -317,6 +317,20 @@ impl SocketTable {
         inode_owner.len() > matched + foreign
     }
 
+    /// Whether a walk's record can concern the table. Not when a file of a
+    /// process that is no target holds the socket, no probe saw it, it
+    /// carries no mark and neither the table nor a seed knows it: no rule
+    /// of the sweep would give it an owner.
+    pub fn may_concern(&self, rec: &SockRecord, inode_owner: &InodeOwners) -> bool {
+        rec.inode == 0
+            || inode_owner.contains_key(&rec.inode)
+            || rec.has_events != 0
+            || rec.marked != 0
+            || rec.state == tcp_state::LISTEN
+            || self.socks.contains_key(&rec.sk)
+            || self.seeds.contains_key(&rec.sk)
+    }
+
     /// Whether every socket of the table carries a mark, so that a
     /// marked-socket sweep sees all of them (TIME_WAIT sockets never do).
     pub fn all_marked(&self) -> bool {
@@ -628,6 +642,39 @@ mod tests {
         table.sweep(4 * SEC, &[], &owners(&[]), &HashSet::new(), true, &th());
         assert_eq!(table.len(), 0);
         assert!(table.known_owners().is_empty());
+    }
+
+    #[test]
+    fn a_walk_without_the_records_it_may_drop_ends_in_the_same_table() {
+        let targets = HashSet::from([100]);
+        let fds = owners(&[(11, 100), (44, 100)]);
+        let events = SockEvents { owner_tgid: 100, ..Default::default() };
+        let records = [
+            rec(1, 11, tcp_state::ESTABLISHED),
+            // Another process's socket, its peer: nothing of the targets.
+            rec(2, 22, tcp_state::ESTABLISHED),
+            // A connection accepted before anyone holds it, on the target's port.
+            SockRecord { sport: 80, ..rec(3, 0, tcp_state::ESTABLISHED) },
+            SockRecord { sport: 80, ..rec(4, 44, tcp_state::LISTEN) },
+            // Attributed by the probes, its file not read yet.
+            SockRecord { has_events: 1, events, ..rec(5, 55, tcp_state::ESTABLISHED) },
+            SockRecord { marked: 1, ..rec(6, 66, tcp_state::ESTABLISHED) },
+        ];
+        let mut all = SocketTable::with_tick(TICK);
+        let mut kept = SocketTable::with_tick(TICK);
+        for (now, full) in [(SEC, true), (2 * SEC, false)] {
+            all.sweep(now, &records, &fds, &targets, full, &th());
+            let wanted: Vec<SockRecord> = records.iter().filter(|r| kept.may_concern(r, &fds)).copied().collect();
+            assert_eq!(wanted.len(), records.len() - 1, "only the other process's socket goes");
+            kept.sweep(now, &wanted, &fds, &targets, full, &th());
+            let view = |t: &SocketTable| {
+                let mut v: Vec<(u64, u32, Class)> = t.sockets().map(|t| (t.record.sk, t.owner, t.class)).collect();
+                v.sort_by_key(|e| e.0);
+                v
+            };
+            assert_eq!(view(&all), view(&kept));
+            assert_eq!(all.summary(), kept.summary());
+        }
     }
 
     fn marked(sk: u64, inode: u64, state: u8) -> SockRecord {

@@ -19,5 +19,5 @@ pub fn read(ebpf: &mut Ebpf) -> Result<Vec<HeldSocket>, IterError> {
     let link_id = prog.attach().map_err(|e| IterError::Kernel(e.to_string()))?;
     let link = prog.take_link(link_id).map_err(|e| IterError::Kernel(e.to_string()))?;
     let mut file = link.into_file().map_err(|e| IterError::Kernel(e.to_string()))?;
-    read_records(&mut file)
+    read_records(&mut file, &|_| true)
 }
