@@ -507,12 +507,7 @@ impl Agent {
         self.since_walk = 0;
         self.table.keep_unread(&self.unread_netns);
         let th = &self.thresholds;
-        let actions = self.table.sweep(monotonic_ns(), &records, &scan.inode_owner, targets, full_scan, th);
-        if records.len() >= RELEASE_AFTER {
-            drop(records);
-            release_freed_memory();
-        }
-        actions
+        self.table.sweep(monotonic_ns(), &records, &scan.inode_owner, targets, full_scan, th)
     }
 
     /// Continues from the clocks an earlier observer kept (`--state-file`).
@@ -737,19 +732,6 @@ impl Agent {
 
 /// How much the per-CPU counter `slot` of `map`, summed over CPUs, grew
 /// since `last`, which becomes its current total; None when unreadable.
-/// Walks of at least this many records give their memory back.
-const RELEASE_AFTER: usize = 10_000;
-
-/// A big walk's records are freed in pieces the allocator keeps for reuse,
-/// and the peak would stay resident between walks: hand the free pages back.
-fn release_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only returns free memory to the system.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
 fn per_cpu_delta(map: &PerCpuArray<MapData, u64>, slot: u32, last: &mut u64) -> Option<u64> {
     let total: u64 = map.get(&slot, 0).ok()?.iter().sum();
     Some(total.saturating_sub(std::mem::replace(last, total)))

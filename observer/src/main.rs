@@ -41,6 +41,7 @@ fn main() {
 }
 
 fn run(args: RunArgs) -> Result<()> {
+    return_big_frees();
     // Validate the target before binding, and bind before loading anything,
     // so typos and busy ports fail fast and cleanly.
     target::validate(&args.target.selector()).context("target")?;
@@ -225,4 +226,17 @@ fn check(args: CheckArgs) -> Result<()> {
         bail!("required hooks without a working method: {}", missing_required.join(", "));
     }
     Ok(())
+}
+
+/// Allocations of 1 MiB and more get mappings of their own, returned to the
+/// system when freed. glibc's default threshold rises with every such free
+/// (up to 32 MiB), after which a walk's records and a marked sweep's buffer
+/// (tens of MB at 100k sockets) land in the heap and stay resident, freed:
+/// at 80k sockets 38 MB of the agent's 81 MB were that.
+fn return_big_frees() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: a malloc tunable, set before any thread is started.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }

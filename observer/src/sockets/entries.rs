@@ -85,6 +85,13 @@ impl Entries {
         self.map.values()
     }
 
+    /// Room for `n` more entries at once: growing step by step holds the
+    /// old and the new table together at every step, which at 100k
+    /// sockets was the agent's peak memory.
+    pub fn reserve(&mut self, n: usize) {
+        self.map.reserve(n);
+    }
+
     pub fn insert(&mut self, sk: u64, t: Tracked) {
         // The old entry's share goes first: both are under the same key.
         if let Some(old) = self.map.get(&sk) {

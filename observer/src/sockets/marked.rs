@@ -9,14 +9,13 @@
 
 use std::{
     fs::File,
-    io::Read,
     os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
 };
 
 use aya::{Ebpf, maps::Map, programs::Iter};
 use observer_common::SockRecord;
 
-use super::iter::IterError;
+use super::iter::{IterError, read_records};
 
 use observer_common::names::{MARKED_PROGRAM as PROGRAM, MARKS as MAP};
 
@@ -27,9 +26,6 @@ const BPF_TRACE_ITER: u32 = 28;
 /// The attached iterator.
 pub struct MarkedSweeps {
     link: OwnedFd,
-    /// Kept between sweeps: fresh pages every second would be zeroed by
-    /// the kernel each time.
-    buf: Vec<u8>,
 }
 
 /// What one marked-socket sweep read.
@@ -96,29 +92,17 @@ impl MarkedSweeps {
         };
         let link = bpf(BPF_LINK_CREATE, std::ptr::addr_of!(attr).cast(), size_of::<LinkCreate>())
             .map_err(|e| IterError::Kernel(format!("linking {PROGRAM} to {MAP}: {e}")))?;
-        Ok(MarkedSweeps { link, buf: Vec::new() })
+        Ok(MarkedSweeps { link })
     }
 
-    /// One pass over the marked sockets.
+    /// One pass over the marked sockets, decoded a read at a time: the
+    /// first sweeps after a walk carry every socket (none settled yet).
     pub fn read(&mut self) -> Result<Marked, IterError> {
         let attr = IterCreate { link_fd: self.link.as_raw_fd() as u32, ..IterCreate::default() };
         let fd = bpf(BPF_ITER_CREATE, std::ptr::addr_of!(attr).cast(), size_of::<IterCreate>())
             .map_err(|e| IterError::Kernel(format!("opening {PROGRAM}: {e}")))?;
-        let mut file = File::from(fd);
-        let buf = &mut self.buf;
-        buf.clear();
-        loop {
-            match file.read_to_end(buf) {
-                Ok(_) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(IterError::Kernel(format!("reading {PROGRAM}: {e}"))),
-            }
-        }
-        decode(buf)
+        let records: Vec<SockRecord> = read_records(&mut File::from(fd), &|_| true)?;
+        let bytes = records.len() * size_of::<SockRecord>();
+        Ok(Marked { records, bytes })
     }
-}
-
-/// The records of the stream: a settled socket writes nothing.
-pub fn decode(buf: &[u8]) -> Result<Marked, IterError> {
-    Ok(Marked { records: super::iter::decode(buf)?, bytes: buf.len() })
 }

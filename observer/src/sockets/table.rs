@@ -188,6 +188,7 @@ impl SocketTable {
             self.disowned.clear();
         }
         let listeners = listener_owners(records, inode_owner);
+        self.socks.reserve(records.len().saturating_sub(self.socks.len()));
         for rec in records {
             self.absorb(rec, now, inode_owner, &listeners, full_scan, thresholds, &mut actions);
         }

@@ -109,6 +109,8 @@ pub struct Plan {
     pub send_window: Duration,
     pub scale_levels: Vec<usize>,
     pub scale_sweeps: usize,
+    /// Agent CPU is averaged over this long at each level.
+    pub scale_cpu_window: Duration,
     /// Share of the largest level's sockets put in trouble for its variant.
     pub scale_trouble_share: f64,
     pub storm_secs: f64,
@@ -126,6 +128,7 @@ impl Plan {
                 send_window: Duration::from_millis(500),
                 scale_levels: vec![1_000, 10_000],
                 scale_sweeps: 3,
+                scale_cpu_window: Duration::from_secs(5),
                 scale_trouble_share: 0.01,
                 storm_secs: 10.0,
                 storm_clients: 2_000,
@@ -139,6 +142,7 @@ impl Plan {
                 send_window: Duration::from_secs(1),
                 scale_levels: vec![1_000, 10_000, 50_000, 100_000],
                 scale_sweeps: 5,
+                scale_cpu_window: Duration::from_secs(60),
                 scale_trouble_share: 0.01,
                 storm_secs: 60.0,
                 storm_clients: 2_000,

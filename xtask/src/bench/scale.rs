@@ -44,7 +44,6 @@ pub const BYTES_READ: &str = "observer_sweep_read_bytes_total";
 const COMM: &str = "obsb-hold";
 const SCRAPES: usize = 10;
 const SS_RUNS: usize = 3;
-const CPU_WINDOW: Duration = Duration::from_secs(3);
 const DROPPED: &str = "observer_events_dropped_total";
 const ITER_FAILED: &str = "observer_events_dropped_total{reason=\"iterator_write_failed\"}";
 
@@ -156,13 +155,17 @@ pub struct Level {
     pub bytes_per_sweep: Option<f64>,
 }
 
-fn measure(obs: &Observer, ns: &str, pairs: &[Pair], sockets: usize, sweeps: usize) -> Result<Level> {
+fn measure(obs: &Observer, ns: &str, pairs: &[Pair], sockets: usize, plan: &Plan) -> Result<Level> {
+    let sweeps = plan.scale_sweeps;
     obs.wait_until(Duration::from_secs(60), &format!("{sockets} established target sockets"), |m| {
         m.get("observer_tcp_sockets{state=\"established\"}") == sockets as f64
     })?;
-    // Agent CPU first, over a window without scrapes (they cost CPU too).
+    settle(obs)?;
+    // Agent CPU first, over a window without scrapes (they cost CPU too),
+    // long enough to hold a full walk (every 60 sweeps) and the file-table
+    // reads (every 10): the average the operator pays, not one lucky second.
     let (cpu0, t0) = (procfs::cpu_ns(obs.pid()), Instant::now());
-    pause(CPU_WINDOW)?;
+    pause(plan.scale_cpu_window)?;
     let cpu_pct = procfs::cpu_ns(obs.pid()).saturating_sub(cpu0) as f64 / t0.elapsed().as_secs_f64() / 1e7;
     // Then the sweeps themselves, bracketed by sweep boundaries, so their
     // CPU time (unlike their wall time) does not depend on other load.
@@ -211,6 +214,21 @@ fn measure(obs: &Observer, ns: &str, pairs: &[Pair], sockets: usize, sweeps: usi
     })
 }
 
+/// Growing a level leaves the observer work to finish (walks for the new
+/// sockets, giving each an entry in the probes' map): wait for three marked
+/// sweeps in a row, where this build and kernel have them, before timing.
+fn settle(obs: &Observer) -> Result<()> {
+    const MARKED: &str = "observer_marked_sweeps_total";
+    let Some(start) = obs.scrape()?.sum_if_present(MARKED) else { return Ok(()) };
+    let settled = obs.wait_until(Duration::from_secs(90), "three marked sweeps", |m| {
+        m.sum_if_present(MARKED).is_some_and(|n| n >= start + 3.0)
+    });
+    if let Err(e) = settled {
+        eprintln!("bench:   not settled, measuring anyway: {e:#}");
+    }
+    Ok(())
+}
+
 pub fn run(paths: &Paths, plan: &Plan, points: &mut Vec<ScalePoint>) -> Result<Section> {
     netns::remove_stale();
     let ns = format!("{}{}-scale", netns::PREFIX, std::process::id());
@@ -219,7 +237,7 @@ pub fn run(paths: &Paths, plan: &Plan, points: &mut Vec<ScalePoint>) -> Result<S
     let target = vec!["--comm".to_string(), COMM.to_string()];
     let obs = Observer::start(paths, "scale", &target, &["--interval", "1"])?;
     let mut pairs: Vec<Pair> = Vec::new();
-    let mut levels = vec![measure(&obs, &ns, &pairs, 0, plan.scale_sweeps)?];
+    let mut levels = vec![measure(&obs, &ns, &pairs, 0, plan)?];
     for &level in &plan.scale_levels {
         let t0 = Instant::now();
         grow(paths, &ns, &mut pairs, level)?;
@@ -228,7 +246,7 @@ pub fn run(paths: &Paths, plan: &Plan, points: &mut Vec<ScalePoint>) -> Result<S
             pairs.len(),
             t0.elapsed().as_secs_f64()
         );
-        let l = measure(&obs, &ns, &pairs, level, plan.scale_sweeps)?;
+        let l = measure(&obs, &ns, &pairs, level, plan)?;
         eprintln!(
             "bench:   sweep {:.1} ms, scrape {:.2} ms, ss -tin {:.0} ms, RSS {:.1} MB",
             stats::median(&l.sweep_ms),
@@ -275,7 +293,7 @@ fn troubled_variant(obs: &Observer, ns: &str, pairs: &mut [Pair], level: usize, 
         "bench:   {} vanished and {} non-reading peers; counted {} dead_peer, {} zero_window after {:.1} s",
         made.vanished, made.slow, made.counted_dead, made.counted_zero_window, made.secs_to_count
     );
-    let l = measure(obs, ns, pairs, level, plan.scale_sweeps)?;
+    let l = measure(obs, ns, pairs, level, plan)?;
     eprintln!("bench:   sweep {:.1} ms with them", stats::median(&l.sweep_ms));
     Ok((made, l))
 }
