@@ -15,6 +15,8 @@ use crate::sockets::{
     state_file::{self, Seed},
 };
 use crate::target::InodeOwners;
+// Keyed by kernel addresses, inodes and PIDs, looked up per record of a walk.
+use foldhash::{HashMap as FastMap, HashSet as FastSet};
 
 /// One socket of a target, with the times the agent keeps for it.
 #[derive(Clone, Debug)]
@@ -93,20 +95,20 @@ pub struct SocketTable {
     generation: u64,
     /// Every process that was a target and still owns a socket here: an
     /// orphan stays its closer's after that process exits.
-    known_owners: HashSet<u32>,
+    known_owners: FastSet<u32>,
     /// Sockets with a file that no target held at the last full read of
     /// the file tables (passed away, or accepted by another process), with
     /// that file's inode.
-    disowned: HashMap<u64, u64>,
+    disowned: FastMap<u64, u64>,
     /// What a previous observer knew (`--state-file`), taken at first sight.
-    seeds: HashMap<u64, Seed>,
+    seeds: FastMap<u64, Seed>,
     /// Namespaces the next sweep could not read: their sockets stay as they were.
-    unread: HashSet<u32>,
+    unread: FastSet<u32>,
     /// Socket inodes of the targets that the last full walk showed are not
     /// TCP sockets (UDP, unix).
-    foreign_inodes: HashSet<u64>,
+    foreign_inodes: FastSet<u64>,
     /// Marked sockets that are not in the table.
-    foreign_marked: HashSet<u64>,
+    foreign_marked: FastSet<u64>,
     /// When the last sweep ran.
     last_now: u64,
 }
@@ -143,7 +145,7 @@ impl SocketTable {
     /// Namespaces the coming sweep could not read (entering one failed):
     /// its sockets are kept as last seen rather than dropped as gone.
     pub fn keep_unread(&mut self, netns: &HashSet<u32>) {
-        self.unread.clone_from(netns);
+        self.unread = netns.iter().copied().collect();
     }
 
     /// Whether a socket the probes attribute to a target has a file that
@@ -162,7 +164,7 @@ impl SocketTable {
 
     /// Processes whose sockets the probes should attribute: the targets,
     /// and former targets that still own orphans.
-    pub fn known_owners(&self) -> &HashSet<u32> {
+    pub fn known_owners(&self) -> &FastSet<u32> {
         &self.known_owners
     }
 
@@ -405,7 +407,7 @@ impl SocketTable {
 
     /// Drops what this sweep did not see (except in namespaces it could not
     /// read) and owners nothing is left of.
-    fn finish(&mut self, targets: &HashSet<u32>, unread: &HashSet<u32>) {
+    fn finish(&mut self, targets: &HashSet<u32>, unread: &FastSet<u32>) {
         let generation = self.generation;
         self.socks.retain(|_, t| t.seen == generation || unread.contains(&t.record.netns));
         // A seed not matched at the first sweep is of a socket that is gone.
