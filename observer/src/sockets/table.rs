@@ -320,6 +320,11 @@ impl SocketTable {
         inode_owner.len() > matched + foreign
     }
 
+    /// Room for `n` sockets in all.
+    pub fn reserve(&mut self, n: usize) {
+        self.socks.reserve(n.saturating_sub(self.socks.len()));
+    }
+
     /// Whether a walk's record can concern the table. Not when a file of a
     /// process that is no target holds the socket, no probe saw it, it
     /// carries no mark and neither the table nor a seed knows it: no rule

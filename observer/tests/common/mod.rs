@@ -294,8 +294,11 @@ pub fn count_state(socks: &[SsSocket], state: &str) -> usize {
 /// Waits until a sweep ran after `ss` was read twice with the same result,
 /// then checks the observer's byte gauges and state counts against it.
 pub fn assert_agrees_with_ss(obs: &Observer, netns: Option<&str>, port: u16) {
-    let mut last = String::new();
-    for _ in 0..40 {
+    const TRIES: usize = 40;
+    // Kept apart, so a failure says whether the observer ever disagreed
+    // with a still kernel, or the kernel never held still.
+    let (mut last, mut moved) = (String::from("none"), 0);
+    for _ in 0..TRIES {
         let before = ss_sockets(netns, port);
         let sweeps = metric(&obs.scrape(), "observer_sweeps_total");
         let m = wait_for(Duration::from_secs(5), "a fresh sweep", || {
@@ -304,7 +307,7 @@ pub fn assert_agrees_with_ss(obs: &Observer, netns: Option<&str>, port: u16) {
         });
         let after = ss_sockets(netns, port);
         if before != after {
-            last = "kernel state moved during the check".into();
+            moved += 1;
             continue;
         }
         let send_q: u64 = after.iter().map(|s| s.send_q).sum();
@@ -326,7 +329,9 @@ pub fn assert_agrees_with_ss(obs: &Observer, netns: Option<&str>, port: u16) {
             "observer (send_q, unsent, unacked) = {got:?}, ss = {want:?}, state mismatch {state_mismatch:?}; ss: {after:?}"
         );
     }
-    panic!("observer never agreed with ss: {last}");
+    panic!(
+        "observer never agreed with ss in {TRIES} tries ({moved} saw the kernel move meanwhile); last disagreement: {last}"
+    );
 }
 
 /// Starts `observer-demo server` (or a copy of it at `exe`, for a comm of its
