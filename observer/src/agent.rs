@@ -480,7 +480,7 @@ impl Agent {
             let targets: HashSet<u32> = scan.pids.iter().copied().collect();
             return Ok((self.walk(scan, &targets, true)?, true));
         }
-        Ok((self.apply_records(records, scan, &targets, full_scan), false))
+        Ok((self.apply_records(&records, scan, &targets, full_scan), false))
     }
 
     /// A full walk of the watched namespaces, into the table.
@@ -491,23 +491,23 @@ impl Agent {
         full_scan: bool,
     ) -> Result<SweepActions, SweepError> {
         let records = self.read_records(scan)?;
-        Ok(self.apply_records(records, scan, targets, full_scan))
+        Ok(self.apply_records(&records, scan, targets, full_scan))
     }
 
     fn apply_records(
         &mut self,
-        records: Vec<SockRecord>,
+        records: &[SockRecord],
         scan: &target::Scan,
         targets: &HashSet<u32>,
         full_scan: bool,
     ) -> SweepActions {
         if std::mem::take(&mut self.purge_stale_on_first_sweep) {
-            self.purge_stale(&records);
+            self.purge_stale(records);
         }
         self.since_walk = 0;
         self.table.keep_unread(&self.unread_netns);
         let th = &self.thresholds;
-        self.table.sweep(monotonic_ns(), &records, &scan.inode_owner, targets, full_scan, th)
+        self.table.sweep(monotonic_ns(), records, &scan.inode_owner, targets, full_scan, th)
     }
 
     /// Continues from the clocks an earlier observer kept (`--state-file`).

@@ -30,8 +30,19 @@ pub fn read_sockets(
     netns: Option<&File>,
     keep: &dyn Fn(&SockRecord) -> bool,
 ) -> Result<Vec<SockRecord>, IterError> {
+    read_iterator(ebpf, ITER_PROGRAM, netns, keep)
+}
+
+/// Links the loaded iterator program `name` afresh (in `netns`, which
+/// decides what a namespace-bound iterator walks), and reads what `keep` wants.
+pub fn read_iterator<T: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    netns: Option<&File>,
+    keep: &dyn Fn(&T) -> bool,
+) -> Result<Vec<T>, IterError> {
     let prog: &mut Iter = ebpf
-        .program_mut(ITER_PROGRAM)
+        .program_mut(name)
         .ok_or(IterError::NotLoaded)?
         .try_into()
         .map_err(|e: aya::programs::ProgramError| IterError::Kernel(e.to_string()))?;

@@ -4,20 +4,12 @@
 //! for 96k sockets here). Only the sockets of processes in `TARGET_TGIDS`
 //! cross; the plan's `owners` hook says which of the two is used.
 
-use aya::{Ebpf, programs::Iter};
+use aya::Ebpf;
 use observer_common::{HeldSocket, names::OWNERS_PROGRAM};
 
-use crate::sockets::iter::{IterError, read_records};
+use crate::sockets::iter::{IterError, read_iterator};
 
 /// Every socket file of the registered processes.
 pub fn read(ebpf: &mut Ebpf) -> Result<Vec<HeldSocket>, IterError> {
-    let prog: &mut Iter = ebpf
-        .program_mut(OWNERS_PROGRAM)
-        .ok_or(IterError::NotLoaded)?
-        .try_into()
-        .map_err(|e: aya::programs::ProgramError| IterError::Kernel(e.to_string()))?;
-    let link_id = prog.attach().map_err(|e| IterError::Kernel(e.to_string()))?;
-    let link = prog.take_link(link_id).map_err(|e| IterError::Kernel(e.to_string()))?;
-    let mut file = link.into_file().map_err(|e| IterError::Kernel(e.to_string()))?;
-    read_records(&mut file, &|_| true)
+    read_iterator(ebpf, OWNERS_PROGRAM, None, &|_| true)
 }
