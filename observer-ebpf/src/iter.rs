@@ -22,7 +22,7 @@ use observer_common::{HeldSocket, Mark, SockRecord, drop_reason, marks, tcp_stat
 
 use crate::{
     kernel::{self, load, off, read},
-    maps::{SOCKS, count_drop, hint, is_target},
+    maps::{SOCKS, count_drop, hint, is_target, sends_touch},
 };
 
 #[repr(C)]
@@ -63,6 +63,8 @@ const AF_INET6: u16 = 10;
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
 const EOVERFLOW: i64 = -75;
+/// asm-generic's value, which x86-64 and arm64 use.
+const O_NONBLOCK: u32 = 0o4000;
 
 #[unsafe(no_mangle)]
 #[unsafe(link_section = "iter/tcp")]
@@ -110,6 +112,7 @@ fn settle(mark: *mut Mark, generation: u64, rec: &SockRecord) {
     unsafe {
         (*mark).settled = u32::from(rec.quiet() && (*mark).seen == generation);
         (*mark).write_seq = rec.write_seq;
+        (*mark).sends_touch = u32::from(rec.nonblocking != 0 && sends_touch());
         (*mark).seen = generation;
     }
 }
@@ -124,17 +127,23 @@ pub fn observer_marked(ctx: *mut IterMarkCtx) -> i32 {
         return 0;
     }
     let generation = unsafe { core::ptr::read_volatile(&(*mark).generation) };
-    if unsafe { (*mark).settled != 0 && (*mark).seen == generation }
-        && read::<u32>(sk as u64, off!(write_seq)) == unsafe { (*mark).write_seq }
-    {
-        // Settled, no state change and no byte queued since: one field of
-        // the socket is read (its cache misses were most of this sweep's
-        // cost) and nothing crosses; the agent checks the count of these
-        // against its table, and learns of closes from `GONE`. Marks live
+    if unsafe { (*mark).settled != 0 && (*mark).seen == generation } {
+        // Settled, no state change and no byte queued since, and nothing
+        // crosses; the agent checks the count of these against its table,
+        // and learns of closes from `GONE`. A socket whose sends all touch
+        // the mark as they return is not read at all; any other may have a
+        // blocking send still waiting, which only its `write_seq` shows
+        // (that read's cache miss was most of this sweep's cost). Marks live
         // on full TCP sockets only, which makes the plain read at the
         // tcp_sock offset safe.
-        hint(marks::SETTLED_SEEN);
-        return 0;
+        if unsafe { (*mark).sends_touch != 0 } {
+            hint(marks::SETTLED_UNREAD);
+            return 0;
+        }
+        if read::<u32>(sk as u64, off!(write_seq)) == unsafe { (*mark).write_seq } {
+            hint(marks::SETTLED_SEEN);
+            return 0;
+        }
     }
     // Only full sockets carry marks.
     let tp = unsafe { bpf_skc_to_tcp_sock(sk) } as *const u8;
@@ -243,7 +252,7 @@ fn core(base: *const u8, tp: *const u8, rec: &mut SockRecord) {
     if tp.is_null() {
         return;
     }
-    rec.inode = inode(tp);
+    (rec.inode, rec.nonblocking) = file_of(tp);
     rec.pending = load(tp, off!(icsk_pending));
     rec.backoff = load(tp, off!(icsk_backoff));
     rec.probes_out = load(tp, off!(icsk_probes_out));
@@ -291,20 +300,24 @@ fn rest(base: *const u8, tp: *const u8, rec: &mut SockRecord) {
     rec.mstamp_us = load(tp, off!(tcp_mstamp));
 }
 
-/// Inode of the socket's file, 0 once no file holds it. Through the file
-/// by typed loads; a socket without a file (a kernel socket) keeps its
-/// inode in `socket_alloc`, beyond `struct socket`, where only a probe
-/// read can go.
+/// Inode of the socket's file (0 once no file holds it), and 1 when that
+/// file is non-blocking and no upper-layer protocol queues bytes of its own.
+/// Through the file by typed loads; a socket without a file (a kernel
+/// socket) keeps its inode in `socket_alloc`, beyond `struct socket`, where
+/// only a probe read can go.
 #[inline(always)]
-fn inode(tp: *const u8) -> u64 {
+fn file_of(tp: *const u8) -> (u64, u32) {
     let socket: *const u8 = load(tp, off!(sk_socket));
     if socket.is_null() {
-        return 0;
+        return (0, 0);
     }
     let file: *const u8 = load(socket, off!(socket_file));
     if file.is_null() {
-        return read(socket as u64, off!(socket_inode) + off!(inode_ino));
+        return (read(socket as u64, off!(socket_inode) + off!(inode_ino)), 0);
     }
+    let flags: u32 = load(file, off!(file_f_flags));
+    let ulp: u64 = load(tp, off!(icsk_ulp_ops));
+    let nonblocking = u32::from(flags & O_NONBLOCK != 0 && ulp == 0);
     let inode: *const u8 = load(file, off!(file_inode));
-    if inode.is_null() { 0 } else { load(inode, off!(inode_ino)) }
+    (if inode.is_null() { 0 } else { load(inode, off!(inode_ino)) }, nonblocking)
 }

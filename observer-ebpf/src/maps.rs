@@ -4,9 +4,9 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, Queue},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, Queue},
 };
-use observer_common::{AgentClocks, Mark, PortKey, ProcCounters, SockEvents, drop_reason, marks};
+use observer_common::{AgentClocks, Mark, PortKey, ProcCounters, SockEvents, drop_reason, marks, settings};
 
 /// Processes being watched (tgid -> 1). Written by the agent.
 #[map]
@@ -42,6 +42,16 @@ pub static MARKS: SkStorage<Mark> = SkStorage::new();
 /// crosses as nothing, so its absence says nothing.
 #[map]
 pub static GONE: Queue<u64> = Queue::with_max_entries(65_536, 0);
+
+/// Choices the agent makes once the hooks are attached, by `settings::*`.
+#[map]
+pub static SETTINGS: Array<u32> = Array::with_max_entries(settings::COUNT, 0);
+
+/// See `settings::SENDS_TOUCH`.
+#[inline(always)]
+pub fn sends_touch() -> bool {
+    SETTINGS.get(settings::SENDS_TOUCH).is_some_and(|v| *v != 0)
+}
 
 /// What the probes saw that only a full walk shows, by `marks::HINT_*`.
 #[map]

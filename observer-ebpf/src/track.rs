@@ -97,6 +97,9 @@ pub fn on_send(sk: impl Sock) {
     let Some(sk) = sk.tcp() else {
         return;
     };
+    // The bytes are queued by now: a settled non-blocking socket is not
+    // read again until its mark moves (`settings::SENDS_TOUCH`).
+    sk.touch();
     match SOCKS.get_ptr_mut(sk.addr()) {
         Some(ev) => note_progress(unsafe { &mut *ev }, sk, None),
         None => {

@@ -18,7 +18,7 @@ use observer_common::{AgentClocks, PortKey, ProcCounters, SockEvents, SockRecord
 use crate::{
     classify::Thresholds,
     clock::{jiffy_ns, monotonic_ns},
-    metrics::{self, Metrics},
+    metrics::{self, Metrics, ReadLabel},
     netns,
     probes::{
         backend::Backend,
@@ -156,14 +156,16 @@ impl Agent {
         };
         // Linked now, while the start-up privileges are still held.
         let marked = match &mut backend {
-            Backend::Ebpf(probes) if probes.sweeps == Sweeps::Marked => match MarkedSweeps::attach(&probes.ebpf) {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    warn!("marked-socket sweeps unavailable, every sweep walks all sockets: {e}");
-                    probes.sweeps = Sweeps::FullWalks { why: e.to_string() };
-                    None
+            Backend::Ebpf(probes) if matches!(probes.sweeps, Sweeps::Marked { .. }) => {
+                match MarkedSweeps::attach(&probes.ebpf) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        warn!("marked-socket sweeps unavailable, every sweep walks all sockets: {e}");
+                        probes.sweeps = Sweeps::FullWalks { why: e.to_string() };
+                        None
+                    }
                 }
-            },
+            }
             _ => None,
         };
         let owners_in_kernel = match &backend {
@@ -445,15 +447,20 @@ impl Agent {
     /// Settled sockets the last marked sweep passed over.
     fn read_settled(&mut self) -> u64 {
         let Some(maps) = self.maps.as_ref() else { return 0 };
-        let slot = marks::SETTLED_SEEN;
-        per_cpu_delta(&maps.hints, slot, &mut self.last_hints[slot as usize]).unwrap_or(0)
+        let mut total = 0;
+        for (slot, read) in [(marks::SETTLED_SEEN, "write_seq"), (marks::SETTLED_UNREAD, "none")] {
+            let n = per_cpu_delta(&maps.hints, slot, &mut self.last_hints[slot as usize]).unwrap_or(0);
+            self.metrics.settled_visits.get_or_create(&ReadLabel { read }).inc_by(n);
+            total += n;
+        }
+        total
     }
 
     /// Whether the probes left a hint since the last read (`marks::HINT_*`).
     fn read_hints(&mut self) -> bool {
         let Some(maps) = self.maps.as_ref() else { return false };
         let mut hinted = false;
-        for slot in (0..marks::HINT_COUNT).filter(|&s| s != marks::SETTLED_SEEN) {
+        for slot in (0..marks::HINT_COUNT).filter(|&s| marks::is_hint(s)) {
             hinted |= per_cpu_delta(&maps.hints, slot, &mut self.last_hints[slot as usize]).is_some_and(|n| n != 0);
         }
         hinted

@@ -30,6 +30,12 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// What a marked sweep read of a settled socket: `none`, or `write_seq`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadLabel {
+    pub read: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PidLabel {
     pub pid: u32,
@@ -91,6 +97,8 @@ pub struct Metrics {
     pub sweep_errors: Counter,
     /// Sweeps that read only the marked sockets that changed.
     pub marked_sweeps: Counter,
+    /// Settled sockets the marked sweeps passed over, by what they read.
+    pub settled_visits: Family<ReadLabel, Counter>,
     /// Socket records the sweeps read from the kernel, and all bytes read
     /// (records and the alive words of unchanged quiet sockets).
     pub sweep_records_read: Counter,
@@ -225,6 +233,11 @@ impl Metrics {
             "marked_sweeps",
             "Sweeps that visited only the marked sockets and read only those that changed, instead of walking every TCP socket of the watched namespaces",
             self.marked_sweeps.clone(),
+        );
+        r.register(
+            "sweep_settled_sockets",
+            "Settled sockets the marked sweeps passed over without a record crossing, by what was read of them: none (non-blocking, its sends touch the mark) or write_seq",
+            self.settled_visits.clone(),
         );
         r.register(
             "sweep_records_read",

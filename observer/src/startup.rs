@@ -12,7 +12,7 @@ use crate::{
     metrics::{Metrics, ProbeLabel},
     probes::{
         backend::{self, Backend, Wanted},
-        loader::{LoadOptions, Sweeps},
+        loader::{LoadOptions, SettledRead, Sweeps},
         pins::PinDir,
     },
     sockets, target,
@@ -64,8 +64,16 @@ pub fn start_agent(
     }
     if let Backend::Ebpf(probes) = &backend {
         match &probes.sweeps {
-            Sweeps::Marked => {
-                info!("sweeps: the marked sockets that changed, between full walks of the namespaces' TCP sockets")
+            Sweeps::Marked { settled } => {
+                info!("sweeps: the marked sockets that changed, between full walks of the namespaces' TCP sockets");
+                match settled {
+                    SettledRead::SendsTouch => {
+                        info!("    settled non-blocking sockets: not read (their sends touch the mark)")
+                    }
+                    SettledRead::WriteSeq { why } => {
+                        info!("    settled sockets: write_seq read at every sweep ({why})")
+                    }
+                }
             }
             Sweeps::FullWalks { why } => info!("sweeps: every sweep walks all TCP sockets ({why})"),
         }

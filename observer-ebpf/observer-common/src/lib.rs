@@ -64,6 +64,11 @@ pub struct Offsets {
     /// what the file-table iterator reads.
     pub inode_mode: u32,
     pub task_tgid: u32,
+    /// `file.f_flags` (O_NONBLOCK) and `inet_connection_sock.icsk_ulp_ops`
+    /// (kTLS, MPTCP and ESP-in-TCP queue bytes from kernel context): whether
+    /// every byte a socket queues comes through a send the probe sees return.
+    pub file_f_flags: u32,
+    pub icsk_ulp_ops: u32,
 }
 
 /// One socket file of a watched process, as the file-table iterator
@@ -165,7 +170,10 @@ pub struct SockRecord {
     pub rto: u32,
     /// Segments retransmitted over the socket's life.
     pub total_retrans: u32,
-    pub _pad2: u32,
+    /// 1 when the socket's file is non-blocking and no upper-layer protocol
+    /// sits on it: none of its sends can wait in the kernel, so each byte it
+    /// queues is followed by the send probe as the send returns.
+    pub nonblocking: u32,
     /// CLOCK_MONOTONIC µs when the record was taken, and of the socket's
     /// latest send or receive processing (0 = unknown): with a probe
     /// outstanding and no ACK since, nothing was received after it.
@@ -222,10 +230,18 @@ pub mod marks {
     /// A marked socket closed and the `GONE` queue was full: the agent
     /// cannot tell which, only a walk can.
     pub const HINT_GONE_LOST: u32 = 2;
-    /// Not a hint: settled sockets the marked-socket sweeps visited, which
-    /// cross as nothing at all; the agent checks its table against it.
+    /// Not hints: settled sockets the marked-socket sweeps visited, which
+    /// cross as nothing at all; the agent checks its table against their
+    /// sum. Those whose `write_seq` was read, and those not read at all
+    /// (`Mark::sends_touch`).
     pub const SETTLED_SEEN: u32 = 3;
-    pub const HINT_COUNT: u32 = 4;
+    pub const SETTLED_UNREAD: u32 = 4;
+    pub const HINT_COUNT: u32 = 5;
+
+    /// Whether a `HINTS` slot is a hint rather than a count of settled sockets.
+    pub const fn is_hint(slot: u32) -> bool {
+        slot != SETTLED_SEEN && slot != SETTLED_UNREAD
+    }
 }
 
 impl SockRecord {
@@ -263,6 +279,22 @@ pub struct Mark {
     /// `tcp_sock.write_seq` when it settled. Every byte queued moves it,
     /// however it was sent and whether or not the send has returned.
     pub write_seq: u32,
+    /// 1 when the socket was non-blocking at its last crossing and the send
+    /// probe touches marks on every send (`settings::SENDS_TOUCH`): a send
+    /// then moves `generation` as it returns and cannot still be waiting, so
+    /// the settled check reads nothing of the socket at all.
+    pub sends_touch: u32,
+    pub _pad: u32,
+}
+
+/// Slots of `SETTINGS`, written by the agent once it knows which attach
+/// method each hook got (too late for read-only globals).
+pub mod settings {
+    /// 1 when the send probe is typed, touches every target socket's mark,
+    /// and sees every send: no `tcp_sendpage` bypasses `tcp_sendmsg` and
+    /// `sock_send_length` (removed in Linux 6.5).
+    pub const SENDS_TOUCH: u32 = 0;
+    pub const COUNT: u32 = 1;
 }
 
 /// `icsk_pending` values (include/net/inet_connection_sock.h).
@@ -323,6 +355,7 @@ pub mod names {
     pub const DROPS: &str = "DROPS";
     pub const HINTS: &str = "HINTS";
     pub const GONE: &str = "GONE";
+    pub const SETTINGS: &str = "SETTINGS";
     /// The iterator over `MARKS`, the sockets' marks (socket-local storage).
     pub const MARKED_PROGRAM: &str = "observer_marked";
     pub const MARKS: &str = "MARKS";
@@ -358,6 +391,6 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<SockRecord>() == 200);
 const _: () = assert!(core::mem::size_of::<SockEvents>() == 72);
 const _: () = assert!(core::mem::size_of::<AgentClocks>() == 80);
-const _: () = assert!(core::mem::size_of::<Offsets>() == 136);
+const _: () = assert!(core::mem::size_of::<Offsets>() == 144);
 const _: () = assert!(core::mem::size_of::<HeldSocket>() == 16);
-const _: () = assert!(core::mem::size_of::<Mark>() == 24);
+const _: () = assert!(core::mem::size_of::<Mark>() == 32);

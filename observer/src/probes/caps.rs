@@ -33,5 +33,6 @@ pub fn detect(btf: Option<&Btf>) -> Capabilities {
         trampolines: has_btf && cfg!(any(target_arch = "x86_64", target_arch = "aarch64")),
         kprobes: Path::new("/sys/bus/event_source/devices/kprobe").exists(),
         absent,
+        sendpage: btf.is_none_or(|btf| offsets::has_func(btf, "tcp_sendpage")),
     }
 }

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use aya::{
     Btf as AyaBtf, Ebpf, EbpfLoader, Endianness,
+    maps::{Array, MapError},
     programs::{BtfTracePoint, FEntry, FExit, Iter, KProbe, Program, ProgramError, RawTracePoint},
 };
 use observer_common::Offsets;
@@ -79,7 +80,33 @@ pub enum Sweeps {
     FullWalks { why: String },
     /// Between full walks, sweeps visit only the marked sockets and read
     /// only what changed (`sockets::marked`).
-    Marked,
+    Marked { settled: SettledRead },
+}
+
+/// What a marked sweep reads of a socket that settled: how it learns that
+/// bytes were queued since.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SettledRead {
+    /// Nothing, for a non-blocking socket: every send touches its mark as
+    /// it returns, and none can still be waiting in the kernel. Blocking
+    /// sockets get the `write_seq` read.
+    SendsTouch,
+    /// Its `write_seq`, for every settled socket.
+    WriteSeq { why: &'static str },
+}
+
+impl SettledRead {
+    /// Marks are touched by a typed send probe only, and only a kernel
+    /// without `tcp_sendpage` queues every byte through the hooked send.
+    fn choose(send: Option<Method>, caps: &Capabilities) -> SettledRead {
+        if !matches!(send, Some(Method::Fexit | Method::TpBtf)) {
+            SettledRead::WriteSeq { why: "the send hook does not see typed sockets" }
+        } else if caps.sendpage {
+            SettledRead::WriteSeq { why: "tcp_sendpage (before Linux 6.5) queues bytes past the send hook" }
+        } else {
+            SettledRead::SendsTouch
+        }
+    }
 }
 
 /// Tracing programs may use socket-local storage since Linux 5.11
@@ -193,22 +220,43 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
     } else if !typed(Hook::State) {
         Sweeps::FullWalks { why: "the state hook does not see typed sockets".into() }
     } else {
-        load_marked(&mut ebpf, &aya_btf)
+        let send = choices.iter().find(|c| c.hook == Hook::Send).and_then(|c| c.method);
+        load_marked(&mut ebpf, &aya_btf, SettledRead::choose(send, &caps))
     };
     Ok(Probes { ebpf, caps, choices, sweeps })
 }
 
-fn load_marked(ebpf: &mut Ebpf, btf: &AyaBtf) -> Sweeps {
+fn load_marked(ebpf: &mut Ebpf, btf: &AyaBtf, settled: SettledRead) -> Sweeps {
     let loaded = program(ebpf, observer_common::names::MARKED_PROGRAM).and_then(|prog| {
         let p: &mut Iter = prog.try_into().map_err(Rejection::Refused)?;
         p.load("bpf_sk_storage_map", btf).map_err(Rejection::Refused)
     });
     match loaded {
-        Ok(()) => Sweeps::Marked,
+        Ok(()) => Sweeps::Marked { settled: tell_settled_read(ebpf, settled) },
         Err(why) => {
             let why = why.to_string();
             log::warn!("marked-socket sweeps unavailable, every sweep walks all sockets: {why}");
             Sweeps::FullWalks { why }
+        }
+    }
+}
+
+/// Tells the kernel programs how settled sockets are checked; a setting
+/// that cannot be written leaves them reading `write_seq`, as before.
+fn tell_settled_read(ebpf: &mut Ebpf, settled: SettledRead) -> SettledRead {
+    if settled != SettledRead::SendsTouch {
+        return settled;
+    }
+    let written = ebpf
+        .map_mut(names::SETTINGS)
+        .ok_or(MapError::InvalidName { name: names::SETTINGS.into() })
+        .and_then(Array::<_, u32>::try_from)
+        .and_then(|mut a| a.set(observer_common::settings::SENDS_TOUCH, 1, 0));
+    match written {
+        Ok(()) => settled,
+        Err(e) => {
+            log::warn!("settled sockets are read at every marked sweep: cannot write SETTINGS: {e}");
+            SettledRead::WriteSeq { why: "the settings map could not be written" }
         }
     }
 }

@@ -51,6 +51,8 @@ pub fn resolve(btf: &Btf) -> Result<Offsets, OffsetError> {
         file_inode: f("file", "f_inode")?,
         inode_mode: f("inode", "i_mode")?,
         task_tgid: f("task_struct", "tgid")?,
+        file_f_flags: f("file", "f_flags")?,
+        icsk_ulp_ops: f("inet_connection_sock", "icsk_ulp_ops")?,
         icsk_retransmits: f("inet_connection_sock", "icsk_retransmits")?,
         icsk_pending: f("inet_connection_sock", "icsk_pending")?,
         icsk_backoff: f("inet_connection_sock", "icsk_backoff")?,

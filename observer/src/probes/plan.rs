@@ -229,6 +229,10 @@ pub struct Capabilities {
     /// Functions and tracepoints the plan names that this kernel's BTF
     /// lacks. Without BTF nothing is known absent: the attach decides.
     pub absent: BTreeSet<Need>,
+    /// `tcp_sendpage` exists (before Linux 6.5, or unknown without BTF):
+    /// sendfile and splice then queue bytes past both `tcp_sendmsg` and
+    /// `sock_send_length`, so no send probe sees every send.
+    pub sendpage: bool,
 }
 
 impl Capabilities {
@@ -261,7 +265,7 @@ mod tests {
     /// A kernel with BTF listing every function and tracepoint of the plan,
     /// except those in `absent`.
     fn caps(btf: bool, trampolines: bool, kprobes: bool, absent: &[Need]) -> Capabilities {
-        Capabilities { btf, trampolines, kprobes, absent: absent.iter().copied().collect() }
+        Capabilities { btf, trampolines, kprobes, absent: absent.iter().copied().collect(), sendpage: false }
     }
 
     fn first(hook: Hook, c: &Capabilities) -> Option<Method> {

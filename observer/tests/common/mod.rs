@@ -31,6 +31,32 @@ pub fn marked_sweeps_expected() -> bool {
     (major, minor) >= (5, 11)
 }
 
+/// Whether settled non-blocking sockets go unread between sends here: marked
+/// sweeps, and a kernel (6.5+) where no `tcp_sendpage` queues bytes past the
+/// send probe.
+pub fn unread_settled_expected() -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
+    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (6, 5)
+}
+
+/// Checks what the marked sweeps of a window read of settled sockets: a
+/// non-blocking server's go unread where the kernel allows it; nothing is
+/// ever unread elsewhere, nor for a blocking server's sockets.
+pub fn assert_settled_reads(first: &Scrape, last: &Scrape, nonblocking: bool) {
+    let series = "observer_sweep_settled_sockets_total{read=\"none\"}";
+    let unread = |s: &Scrape| s.get(series).copied().unwrap_or(0.0);
+    let (a, b) = (unread(first), unread(last));
+    if nonblocking && unread_settled_expected() {
+        assert!(b > a, "no settled socket went unread ({a} -> {b}) with a non-blocking server on a 6.5+ kernel");
+    } else {
+        // A blocking server's own sockets are read; the lab's clients are
+        // in other processes, not watched.
+        assert_eq!(b, a, "settled sockets went unread where their sends may block or pass the send probe");
+    }
+}
+
 /// Checks that the sweeps of a window took the path this kernel allows:
 /// some marked-socket sweeps where marks exist, none elsewhere.
 pub fn assert_sweep_path(first: &Scrape, last: &Scrape) {

@@ -36,7 +36,7 @@ use report::{Check, Guest, Tally};
 const BOOT_LIMIT: Duration = Duration::from_secs(900);
 
 /// Integration tests (observer/tests/*.rs) each guest runs, test by test.
-pub const GUEST_TESTS: &[&str] = &["classes", "restart", "edges", "long_rtt"];
+pub const GUEST_TESTS: &[&str] = &["classes", "settled", "restart", "edges", "long_rtt"];
 const HOOKS: [&str; 6] = ["send", "close", "state", "timer", "retransmit", "sockets"];
 
 /// How aya refuses a program whose attach point is not in the kernel's BTF.

@@ -58,6 +58,15 @@ pub enum Command {
     /// last --keep stay here only. Prints `LISTENING <addr> pid=<pid>`, then
     /// `HANDED keeper=<pid> ...` once all are placed; runs until SIGTERM.
     Handoff(HandoffArgs),
+    /// Hold --connections loopback connections whose client ends (in this
+    /// process) never read, and queue bytes on a server end when told.
+    ///
+    /// Prints `LISTENING <addr> pid=<pid>` once connected, then takes one
+    /// command per stdin line, `send <connection> <bytes>`: one write(2) of
+    /// that many bytes in a thread of its own, which a non-blocking socket
+    /// (--nonblocking) answers at once with what fitted and a blocking one
+    /// only once all is queued. Prints `SENT <connection> <n>` when it returns.
+    Hold(HoldArgs),
     /// The keeper `handoff` starts: holds what it is given. Not for direct use.
     #[command(hide = true)]
     Keep(KeepArgs),
@@ -78,6 +87,18 @@ pub struct HandoffArgs {
     pub share: u32,
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub keep: u32,
+}
+
+#[derive(Args, Debug)]
+pub struct HoldArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    pub listen: String,
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub connections: u32,
+    /// Make the server ends non-blocking, as an event-loop server's are.
+    #[arg(long)]
+    pub nonblocking: bool,
 }
 
 #[derive(Args, Debug)]
@@ -115,6 +136,11 @@ pub struct StreamArgs {
     /// Close `orphan` peers this long after accept, whatever is still queued.
     #[arg(long, default_value_t = 1500, value_name = "MS")]
     pub orphan_close_after_ms: u64,
+    /// Serve each connection on a non-blocking socket that waits in poll(),
+    /// as event-loop servers (Node, Go, nginx) do, instead of blocking
+    /// writes with a send timeout.
+    #[arg(long)]
+    pub nonblocking: bool,
 }
 
 #[derive(Args, Debug)]

@@ -30,6 +30,9 @@ pub fn serve(stream: TcpStream, config: &Config) -> Result<()> {
 
     stream.set_read_timeout(Some(TICK)).context("SO_RCVTIMEO")?;
     stream.set_write_timeout(Some(TICK)).context("SO_SNDTIMEO")?;
+    // O_NONBLOCK is the file's: the writer's and reader's clones share it.
+    let nonblocking = config.stream.nonblocking;
+    stream.set_nonblocking(nonblocking).context("O_NONBLOCK")?;
     if role.server_closes() {
         sock::set_linger_off(&stream).context("SO_LINGER")?;
     }
@@ -42,8 +45,8 @@ pub fn serve(stream: TcpStream, config: &Config) -> Result<()> {
 
     let outbox = Arc::new(Outbox::new());
     let peer_gone = Arc::new(AtomicBool::new(false));
-    let writer = spawn_writer(&stream, &outbox)?;
-    let reader = spawn_reader(&stream, &outbox, &peer_gone)?;
+    let writer = spawn_writer(&stream, &outbox, nonblocking)?;
+    let reader = spawn_reader(&stream, &outbox, &peer_gone, nonblocking)?;
 
     if sends {
         outbox.push_bytes(config.stream.burst, config.stream.message_bytes);
@@ -99,13 +102,13 @@ fn read_role(stream: &TcpStream) -> Result<Option<Role>> {
     Ok(Some(Role::parse_role_line(&String::from_utf8_lossy(&line))))
 }
 
-fn spawn_writer(stream: &TcpStream, outbox: &Arc<Outbox>) -> Result<thread::JoinHandle<()>> {
+fn spawn_writer(stream: &TcpStream, outbox: &Arc<Outbox>, nonblocking: bool) -> Result<thread::JoinHandle<()>> {
     let mut stream = stream.try_clone().context("dup socket for the writer")?;
     let outbox = Arc::clone(outbox);
     thread::Builder::new()
         .name("writer".into())
         .spawn(move || {
-            if outbox.run_writer(&mut stream).is_err() {
+            if outbox.run_writer(&mut stream, nonblocking).is_err() {
                 outbox.stop();
             }
         })
@@ -117,6 +120,7 @@ fn spawn_reader(
     stream: &TcpStream,
     outbox: &Arc<Outbox>,
     peer_gone: &Arc<AtomicBool>,
+    nonblocking: bool,
 ) -> Result<thread::JoinHandle<()>> {
     let mut stream = stream.try_clone().context("dup socket for the reader")?;
     let outbox = Arc::clone(outbox);
@@ -129,6 +133,9 @@ fn spawn_reader(
                 match stream.read(&mut buf) {
                     Ok(0) => break,
                     Ok(_) => {}
+                    Err(e) if nonblocking && e.kind() == ErrorKind::WouldBlock => {
+                        crate::sock::wait_ready(&stream, libc::POLLIN, TICK);
+                    }
                     Err(e) if retryable(&e) => {}
                     Err(_) => break,
                 }

@@ -173,6 +173,9 @@ fn start_server(res: &mut Resources, topo: &Topology, exe: &Path, args: &LabArgs
     cmd.args(["--message-bytes", &args.stream.message_bytes.to_string()]);
     cmd.args(["--interval-ms", &args.interval_ms.to_string()]);
     cmd.args(["--orphan-close-after-ms", &args.stream.orphan_close_after_ms.to_string()]);
+    if args.stream.nonblocking {
+        cmd.arg("--nonblocking");
+    }
     if args.blackhole > 0 {
         cmd.args(["--connect-out", &format!("{}:9", netns::BLACKHOLE_ADDRS.1)]);
         cmd.args(["--connect-out-count", &args.blackhole.to_string()]);

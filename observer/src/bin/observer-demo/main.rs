@@ -10,6 +10,7 @@ mod client;
 mod connection;
 mod exec;
 mod handoff;
+mod hold;
 mod lab;
 mod loopnft;
 mod netns;
@@ -35,6 +36,7 @@ fn main() {
         Command::Cleanup(args) => cleanup::run(args),
         Command::Handoff(args) => handoff::run(args),
         Command::Keep(args) => handoff::keep(args),
+        Command::Hold(args) => hold::run(args),
         Command::AsUser(args) => asuser::run(args),
     };
     if let Err(e) = result {

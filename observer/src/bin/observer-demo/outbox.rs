@@ -68,8 +68,9 @@ impl Outbox {
     }
 
     /// Writes queued messages until stopped or the socket fails. The stream must
-    /// have a write timeout so a full send buffer does not block forever.
-    pub fn run_writer(&self, stream: &mut TcpStream) -> io::Result<()> {
+    /// have a write timeout so a full send buffer does not block forever, or
+    /// be non-blocking: a full send buffer is then waited for in poll().
+    pub fn run_writer(&self, stream: &mut TcpStream, nonblocking: bool) -> io::Result<()> {
         while !self.stopped() {
             let Some(message) = self.pop() else { continue };
             let mut off = 0;
@@ -80,6 +81,9 @@ impl Outbox {
                 match stream.write(&message[off..]) {
                     Ok(0) => return Err(ErrorKind::WriteZero.into()),
                     Ok(n) => off += n,
+                    Err(e) if nonblocking && e.kind() == ErrorKind::WouldBlock => {
+                        crate::sock::wait_ready(stream, libc::POLLOUT, TICK);
+                    }
                     Err(e) if retryable(&e) => continue,
                     Err(e) => return Err(e),
                 }

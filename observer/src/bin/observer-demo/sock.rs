@@ -108,6 +108,16 @@ fn wait_writable(fd: RawFd, timeout: Duration) -> io::Result<()> {
     }
 }
 
+/// Waits up to `timeout` for a non-blocking socket to be ready for
+/// `events` (`POLLIN`, `POLLOUT`); readiness, a timeout and EINTR all just
+/// return, for the caller to try again.
+pub fn wait_ready(stream: &TcpStream, events: libc::c_short, timeout: Duration) {
+    let mut pfd = libc::pollfd { fd: stream.as_raw_fd(), events, revents: 0 };
+    let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
+    // SAFETY: one valid pollfd.
+    unsafe { libc::poll(&mut pfd, 1, ms) };
+}
+
 fn set_blocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on a descriptor we own.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
