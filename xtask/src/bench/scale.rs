@@ -260,6 +260,14 @@ pub fn run(paths: &Paths, plan: &Plan, points: &mut Vec<ScalePoint>) -> Result<S
     // polling way to get it. Once, at the largest level.
     let ports: Vec<u16> = pairs.iter().map(|p| p.port).collect();
     let ss_p = ss(&ns, &ports, "p").ok();
+    // The same sockets held by a blocking server, whose settled sockets
+    // keep the write_seq read; then back, for the troubled variant.
+    let mut blocking = None;
+    if let Some(&level) = plan.scale_levels.last() {
+        let result = blocking_variant(&obs, &ns, &mut pairs, level, plan);
+        interrupted()?;
+        blocking = Some(result.map_err(|e| format!("{e:#}")));
+    }
     // Last, as it cannot be undone: the same sockets with a share in trouble.
     // A failure here costs only its own rows, not the levels measured above.
     let mut troubled = None;
@@ -281,7 +289,39 @@ pub fn run(paths: &Paths, plan: &Plan, points: &mut Vec<ScalePoint>) -> Result<S
             rss_mb: l.rss_mb,
         });
     }
-    Ok(scale_report::report(&levels, ss_p, troubled.as_ref()))
+    Ok(scale_report::report(&levels, ss_p, blocking.as_ref(), troubled.as_ref()))
+}
+
+/// Switches every holder's sockets to blocking (or back), and waits for the
+/// full walk after which the observer's marks know it.
+fn set_mode(obs: &Observer, pairs: &mut [Pair], mode: &str) -> Result<()> {
+    for p in pairs.iter_mut() {
+        let reply = p.server.request(&format!("mode {mode}"), "MODE", Duration::from_secs(30))?;
+        if field(&reply, "failed") != Some("0") {
+            bail!("switching to {mode}: {reply}");
+        }
+    }
+    const MARKED: &str = "observer_marked_sweeps_total";
+    let m = obs.scrape()?;
+    let Some(marked) = m.sum_if_present(MARKED) else { return Ok(()) };
+    let walks = m.get("observer_sweeps_total") - marked;
+    obs.wait_until(Duration::from_secs(120), "a full walk", |m| {
+        m.sum_if_present(MARKED).is_some_and(|marked| m.get("observer_sweeps_total") - marked > walks)
+    })?;
+    Ok(())
+}
+
+fn blocking_variant(obs: &Observer, ns: &str, pairs: &mut [Pair], level: usize, plan: &Plan) -> Result<Level> {
+    set_mode(obs, pairs, "blocking")?;
+    let l = measure(obs, ns, pairs, level, plan)?;
+    eprintln!(
+        "bench:   blocking server: sweep {:.1} ms, {:.1} ms CPU, agent {:.2}%",
+        stats::median(&l.sweep_ms),
+        l.sweep_cpu_ms,
+        l.cpu_pct
+    );
+    set_mode(obs, pairs, "nonblocking")?;
+    Ok(l)
 }
 
 /// Puts a share of the held sockets in trouble, waits for the observer to

@@ -33,10 +33,12 @@ fn crossing(l: &Level) -> String {
     }
 }
 
-/// `troubled`: the troubled variant's outcome, or why it failed; None when not run.
+/// `blocking` and `troubled`: the variants' outcomes, or why they failed;
+/// None when not run.
 pub fn report(
     levels: &[Level],
     ss_p: Option<(f64, usize)>,
+    blocking: Option<&Result<Level, String>>,
     troubled: Option<&Result<(Made, Level), String>>,
 ) -> Section {
     let mut s = Section::default();
@@ -123,6 +125,14 @@ pub fn report(
         Row::new(format!("Read from the kernel per sweep, {n} healthy target sockets"), "measured", crossing(top))
             .baseline(format!("{} with no target sockets", crossing(base)), "—"),
     );
+    match blocking {
+        Some(Ok(l)) => blocking_rows(&mut s, l, top),
+        Some(Err(e)) => s.rows.push(
+            Row::new(format!("Blocking-server variant, {n} target sockets"), "runs", format!("failed: {e}"))
+                .verdict(Verdict::Missed("did not run".into())),
+        ),
+        None => {}
+    }
     match troubled {
         Some(Ok((made, l))) => trouble_rows(&mut s, made, l, top),
         Some(Err(e)) => s.rows.push(
@@ -133,6 +143,42 @@ pub fn report(
     }
     details(&mut s, levels, ss_p, sweep);
     s
+}
+
+/// The same sockets held blocking, against the non-blocking server above.
+fn blocking_rows(s: &mut Section, l: &Level, nonblocking: &Level) {
+    let n = format!("{} target sockets of a blocking server", k(l.sockets));
+    let (sweep, nb_sweep) = (stats::median(&l.sweep_ms), stats::median(&nonblocking.sweep_ms));
+    let worse = sweep.max(l.sweep_cpu_ms);
+    s.rows.push(
+        Row::new(
+            format!("Sweep, {n} (median of {}; CPU per sweep)", l.sweep_ms.len()),
+            format!("≤ {TARGET_MS} ms wall and CPU"),
+            format!("{} ms wall, {} ms CPU", fmt_num(sweep), fmt_num(l.sweep_cpu_ms)),
+        )
+        .baseline(
+            format!("non-blocking: {} ms wall, {} ms CPU", fmt_num(nb_sweep), fmt_num(nonblocking.sweep_cpu_ms)),
+            format!("{:.2}", sweep / nb_sweep),
+        )
+        .verdict(upper(worse, TARGET_MS, "ms")),
+    );
+    let limit = TARGET_CPU_PCT.iter().find(|(at, _)| *at == l.sockets).map(|(_, pct)| *pct);
+    let row = Row::new(
+        format!("Agent CPU, {n}, `--interval 1`"),
+        limit.map_or("measured".into(), |p| format!("≤ {p}% of one core")),
+        format!("{:.2}% of one core", l.cpu_pct),
+    )
+    .baseline(format!("non-blocking: {:.2}%", nonblocking.cpu_pct), format!("{:.2}", l.cpu_pct / nonblocking.cpu_pct));
+    s.rows.push(match limit {
+        Some(limit) => row.at_most(l.cpu_pct, limit, "% of a core"),
+        None => row,
+    });
+    s.details.push(format!(
+        "blocking-server variant: the same {} sockets switched to blocking (O_NONBLOCK cleared) and measured after the \
+         next full walk: a settled socket whose send may still wait in the kernel has its `write_seq` read at every \
+         sweep, where a non-blocking one (every send touches its mark as it returns) is not read at all; RSS {:.1} MB",
+        l.sockets, l.rss_mb
+    ));
 }
 
 /// The troubled variant against the same sockets all healthy.
@@ -236,7 +282,8 @@ fn details(s: &mut Section, levels: &[Level], ss_p: Option<(f64, usize)>, sweep:
     s.details.push(
         "both ends live in one network namespace of the benchmark's (loopback), so each sweep's iterator walks twice \
          the target's sockets; the observer runs on the host with `--comm obsb-hold --interval 1` and enters that \
-         namespace for each sweep"
+         namespace for each sweep; the target's sockets are non-blocking, as an event-loop server's (Node, Go, \
+         nginx) are, except in the blocking-server variant"
             .into(),
     );
     s.details.push(format!(

@@ -1,12 +1,15 @@
 //! Many idle established connections: a server that accepts and holds
 //! them (the observer's target) and a client process holding the other ends.
+//! The server's sockets are non-blocking, as an event-loop server's (Node,
+//! Go, nginx) are; `mode blocking` makes them a thread-per-connection
+//! server's, whose sends may wait in the kernel.
 
 use std::{
     net::{SocketAddrV4, TcpListener, TcpStream},
     os::fd::FromRawFd,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
 
@@ -26,14 +29,18 @@ pub fn server(listen: &str, comm: &str) -> Result<()> {
     limits::deep_backlog(&listener);
     let addr = listener.local_addr().context("local address")?;
     let held = Arc::new(AtomicU64::new(0));
-    let streams = Arc::new(Mutex::new(Vec::new()));
+    let streams = Arc::new(Mutex::new(Vec::<TcpStream>::new()));
+    let nonblocking = Arc::new(AtomicBool::new(true));
     {
-        let (held, streams) = (held.clone(), streams.clone());
+        let (held, streams, nonblocking) = (held.clone(), streams.clone(), nonblocking.clone());
         std::thread::spawn(move || {
             for s in listener.incoming() {
                 match s {
                     Ok(s) => {
-                        streams.lock().unwrap_or_else(|p| p.into_inner()).push(s);
+                        // Under the lock, so a mode switch cannot miss it.
+                        let mut streams = streams.lock().unwrap_or_else(|p| p.into_inner());
+                        let _ = s.set_nonblocking(nonblocking.load(Ordering::SeqCst));
+                        streams.push(s);
                         held.fetch_add(1, Ordering::SeqCst);
                     }
                     // EMFILE: the driver keeps within `cap`; back off rather than spin.
@@ -48,6 +55,12 @@ pub fn server(listen: &str, comm: &str) -> Result<()> {
         let mut held_now = streams.lock().unwrap_or_else(|p| p.into_inner());
         match req.split_whitespace().collect::<Vec<_>>().as_slice() {
             ["count"] => format!("HELD {}", held.load(Ordering::SeqCst)),
+            ["mode", m @ ("blocking" | "nonblocking")] => {
+                let on = *m == "nonblocking";
+                nonblocking.store(on, Ordering::SeqCst);
+                let failed = held_now.iter().filter(|s| s.set_nonblocking(on).is_err()).count();
+                format!("MODE {m} failed={failed}")
+            }
             ["pick", n] => n.parse().map_or("ERR bad count".into(), |n| groups.pick(&held_now, n)),
             ["write", g, bytes] => match (g.parse(), bytes.parse()) {
                 (Ok(g), Ok(b)) => groups.write(&mut held_now, g, b),
