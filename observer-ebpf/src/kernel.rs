@@ -180,6 +180,11 @@ pub fn snd_una(sk: impl Sock) -> u32 {
 }
 
 #[inline(always)]
+pub fn write_seq(sk: impl Sock) -> u32 {
+    sk.field::<u32>(off!(write_seq))
+}
+
+#[inline(always)]
 pub fn snd_nxt(sk: impl Sock) -> u32 {
     sk.field::<u32>(off!(snd_nxt))
 }

@@ -97,9 +97,16 @@ pub fn on_send(sk: impl Sock) {
     let Some(sk) = sk.tcp() else {
         return;
     };
-    // The bytes are queued by now: a settled non-blocking socket is not
-    // read again until its mark moves (`settings::SENDS_TOUCH`).
-    sk.touch();
+    // A settled non-blocking socket is not read again until its mark moves
+    // (`settings::SENDS_TOUCH`): move it while this send left bytes
+    // outstanding. Once all is acknowledged the socket is as quiet as the
+    // sweep last saw it, and the mark (a cache miss away on a busy sender)
+    // is left alone. `write_seq` first: `snd_una` only grows, so equal
+    // means all of this send's bytes were acknowledged.
+    let queued_to = kernel::write_seq(sk);
+    if queued_to != kernel::snd_una(sk) {
+        sk.touch();
+    }
     match SOCKS.get_ptr_mut(sk.addr()) {
         Some(ev) => note_progress(unsafe { &mut *ev }, sk, None),
         None => {
