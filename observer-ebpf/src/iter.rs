@@ -128,14 +128,14 @@ pub fn observer_marked(ctx: *mut IterMarkCtx) -> i32 {
     }
     let generation = unsafe { core::ptr::read_volatile(&(*mark).generation) };
     if unsafe { (*mark).settled != 0 && (*mark).seen == generation } {
-        // Settled, no state change and no byte queued since, and nothing
-        // crosses; the agent checks the count of these against its table,
-        // and learns of closes from `GONE`. A socket whose sends all touch
-        // the mark as they return is not read at all; any other may have a
-        // blocking send still waiting, which only its `write_seq` shows
-        // (that read's cache miss was most of this sweep's cost). Marks live
-        // on full TCP sockets only, which makes the plain read at the
-        // tcp_sock offset safe.
+        // Settled, and no state change since: nothing crosses unless bytes
+        // were queued. The agent checks the count of these against its
+        // table, and learns of closes from `GONE`. A non-blocking socket's
+        // sends touch the mark as they return, so it is not read at all;
+        // any other may have a blocking send still waiting, which only its
+        // `write_seq` shows (that read's cache miss was most of this sweep's
+        // cost). Marks live on full TCP sockets only, which makes the plain
+        // read at the tcp_sock offset safe.
         if unsafe { (*mark).sends_touch != 0 } {
             hint(marks::SETTLED_UNREAD);
             return 0;

@@ -222,6 +222,12 @@ fn check(args: CheckArgs) -> Result<()> {
             println!("  {:<10}   passed over {m}: {why}", "");
         }
     }
+    if let Backend::Ebpf(probes) = &backend {
+        println!("sweeps:");
+        for line in probes.sweeps.describe() {
+            println!("  {line}");
+        }
+    }
     if !missing_required.is_empty() {
         bail!("required hooks without a working method: {}", missing_required.join(", "));
     }

@@ -12,7 +12,7 @@ use crate::{
     metrics::{Metrics, ProbeLabel},
     probes::{
         backend::{self, Backend, Wanted},
-        loader::{LoadOptions, SettledRead, Sweeps},
+        loader::LoadOptions,
         pins::PinDir,
     },
     sockets, target,
@@ -63,19 +63,12 @@ pub fn start_agent(
         }
     }
     if let Backend::Ebpf(probes) = &backend {
-        match &probes.sweeps {
-            Sweeps::Marked { settled } => {
-                info!("sweeps: the marked sockets that changed, between full walks of the namespaces' TCP sockets");
-                match settled {
-                    SettledRead::SendsTouch => {
-                        info!("    settled non-blocking sockets: not read (their sends touch the mark)")
-                    }
-                    SettledRead::WriteSeq { why } => {
-                        info!("    settled sockets: write_seq read at every sweep ({why})")
-                    }
-                }
-            }
-            Sweeps::FullWalks { why } => info!("sweeps: every sweep walks all TCP sockets ({why})"),
+        let mut lines = probes.sweeps.describe().into_iter();
+        if let Some(first) = lines.next() {
+            info!("sweeps: {first}");
+        }
+        for line in lines {
+            info!("    {line}");
         }
     }
     let mut agent = Agent::new(backend, selector, sweep.thresholds(), metrics, shared)?;

@@ -280,9 +280,10 @@ pub struct Mark {
     /// however it was sent and whether or not the send has returned.
     pub write_seq: u32,
     /// 1 when the socket was non-blocking at its last crossing and the send
-    /// probe touches marks on every send (`settings::SENDS_TOUCH`): a send
-    /// then moves `generation` as it returns and cannot still be waiting, so
-    /// the settled check reads nothing of the socket at all.
+    /// probe sees every send (`settings::SENDS_TOUCH`): each send that
+    /// leaves bytes outstanding moves `generation` as it returns, and none
+    /// can still be waiting, so the settled check reads nothing of the
+    /// socket at all.
     pub sends_touch: u32,
     pub _pad: u32,
 }
@@ -290,9 +291,9 @@ pub struct Mark {
 /// Slots of `SETTINGS`, written by the agent once it knows which attach
 /// method each hook got (too late for read-only globals).
 pub mod settings {
-    /// 1 when the send probe is typed, touches every target socket's mark,
-    /// and sees every send: no `tcp_sendpage` bypasses `tcp_sendmsg` and
-    /// `sock_send_length` (removed in Linux 6.5).
+    /// 1 when the send probe is typed (it can touch marks) and sees every
+    /// send: no `tcp_sendpage` bypasses `tcp_sendmsg` and `sock_send_length`
+    /// (removed in Linux 6.5).
     pub const SENDS_TOUCH: u32 = 0;
     pub const COUNT: u32 = 1;
 }

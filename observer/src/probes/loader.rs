@@ -83,13 +83,32 @@ pub enum Sweeps {
     Marked { settled: SettledRead },
 }
 
+impl Sweeps {
+    /// How sweeps read the kernel here, for the start-up log and `check`.
+    pub fn describe(&self) -> Vec<String> {
+        match self {
+            Sweeps::FullWalks { why } => vec![format!("every sweep walks all TCP sockets ({why})")],
+            Sweeps::Marked { settled } => vec![
+                "the marked sockets that changed, between full walks of the namespaces' TCP sockets".into(),
+                match settled {
+                    SettledRead::SendsTouch => {
+                        "settled non-blocking sockets: not read (their sends touch the mark); blocking ones: write_seq"
+                            .into()
+                    }
+                    SettledRead::WriteSeq { why } => format!("settled sockets: write_seq read at every sweep ({why})"),
+                },
+            ],
+        }
+    }
+}
+
 /// What a marked sweep reads of a socket that settled: how it learns that
 /// bytes were queued since.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SettledRead {
-    /// Nothing, for a non-blocking socket: every send touches its mark as
-    /// it returns, and none can still be waiting in the kernel. Blocking
-    /// sockets get the `write_seq` read.
+    /// Nothing, for a non-blocking socket: every send that leaves bytes
+    /// outstanding touches its mark as it returns, and none can still be
+    /// waiting in the kernel. Blocking sockets get the `write_seq` read.
     SendsTouch,
     /// Its `write_seq`, for every settled socket.
     WriteSeq { why: &'static str },
@@ -361,4 +380,24 @@ fn verify_one(ebpf: &mut Ebpf, a: &Attach, btf: &AyaBtf) -> Result<(), Rejection
         return Ok(());
     }
     load_and_attach(program(ebpf, a.program)?, a, btf, false).map_err(Rejection::Refused)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel(sendpage: bool) -> Capabilities {
+        Capabilities { sendpage, ..Capabilities::default() }
+    }
+
+    #[test]
+    fn settled_sockets_go_unread_only_behind_a_typed_send_probe_that_sees_every_send() {
+        for send in [Method::TpBtf, Method::Fexit] {
+            assert_eq!(SettledRead::choose(Some(send), &kernel(false)), SettledRead::SendsTouch);
+            assert!(matches!(SettledRead::choose(Some(send), &kernel(true)), SettledRead::WriteSeq { .. }));
+        }
+        for send in [None, Some(Method::RawTracepoint), Some(Method::Kprobe)] {
+            assert!(matches!(SettledRead::choose(send, &kernel(false)), SettledRead::WriteSeq { .. }));
+        }
+    }
 }
