@@ -70,7 +70,8 @@ fn runs_as_nobody_with_only_the_documented_capabilities() {
         .lines()
         .skip_while(|l| !l.starts_with("attach plan"))
         .skip(1)
-        .filter(|l| l.starts_with("  ") && !l.starts_with("    "))
+        .take_while(|l| l.starts_with("  "))
+        .filter(|l| !l.starts_with("    "))
         .filter_map(|l| {
             let mut w = l.split_whitespace();
             Some((w.next()?.to_string(), w.next()?.to_string()))
