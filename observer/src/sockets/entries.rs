@@ -16,6 +16,9 @@ use crate::{
 pub struct Entries {
     map: HashMap<u64, Tracked>,
     sums: Sums,
+    /// Moves whenever an entry comes, goes, or changes its inode or owner:
+    /// while it stands still, who holds what in the table has not changed.
+    holders_version: u64,
 }
 
 #[derive(Default)]
@@ -94,7 +97,11 @@ impl Entries {
 
     pub fn insert(&mut self, sk: u64, t: Tracked) {
         // The old entry's share goes first: both are under the same key.
-        if let Some(old) = self.map.get(&sk) {
+        let old = self.map.get(&sk);
+        if old.is_none_or(|old| (old.record.inode, old.owner) != (t.record.inode, t.owner)) {
+            self.holders_version += 1;
+        }
+        if let Some(old) = old {
             self.sums.remove(sk, old);
         }
         self.sums.add(sk, &t);
@@ -104,6 +111,7 @@ impl Entries {
     pub fn remove(&mut self, sk: &u64) -> Option<Tracked> {
         let t = self.map.remove(sk)?;
         self.sums.remove(*sk, &t);
+        self.holders_version += 1;
         Some(t)
     }
 
@@ -111,20 +119,30 @@ impl Entries {
     pub fn modify(&mut self, sk: &u64, f: impl FnOnce(&mut Tracked)) -> bool {
         let Some(t) = self.map.get_mut(sk) else { return false };
         self.sums.remove(*sk, t);
+        let held = (t.record.inode, t.owner);
         f(t);
+        if (t.record.inode, t.owner) != held {
+            self.holders_version += 1;
+        }
         self.sums.add(*sk, t);
         true
     }
 
     pub fn retain(&mut self, mut keep: impl FnMut(&u64, &Tracked) -> bool) {
-        let Entries { map, sums } = self;
+        let Entries { map, sums, holders_version } = self;
         map.retain(|sk, t| {
             let kept = keep(sk, t);
             if !kept {
                 sums.remove(*sk, t);
+                *holders_version += 1;
             }
             kept
         });
+    }
+
+    /// See `holders_version`.
+    pub fn holders_version(&self) -> u64 {
+        self.holders_version
     }
 
     /// Over every socket.
