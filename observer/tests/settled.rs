@@ -95,15 +95,9 @@ fn queued_after_settling(nonblocking: bool) {
             moved += 1;
             continue;
         }
-        let send_q: u64 = ss_after.iter().map(|s| s.send_q).sum();
-        let notsent: u64 = ss_after.iter().map(|s| s.notsent).sum();
-        assert!(send_q > 0 && notsent > 0, "sweep {}: nothing queued per ss: {ss_after:?}", look.sweep);
-        let got = (
-            metric(&look.metrics, "observer_send_queue_bytes") as u64,
-            metric(&look.metrics, "observer_unsent_bytes") as u64,
-            metric(&look.metrics, "observer_unacked_bytes") as u64,
-        );
-        assert_eq!(got, (send_q, notsent, send_q - notsent), "sweep {}: (send_q, unsent, unacked) vs ss", look.sweep);
+        let want = ss_bytes(&ss_after);
+        assert!(want.0 > 0 && want.1 > 0, "sweep {}: nothing queued per ss: {ss_after:?}", look.sweep);
+        assert_eq!(byte_gauges(&look.metrics), want, "sweep {}: (send_q, unsent, unacked) vs ss", look.sweep);
         checked += 1;
     }
     assert_eq!(checked, 8, "8 sweeps checked while the kernel held still ({moved} saw it move)");

@@ -25,20 +25,21 @@ pub fn require_root() {
 /// (Linux 5.11+), read from uname: there the observer must sweep the marked
 /// sockets between full walks, and nowhere else.
 pub fn marked_sweeps_expected() -> bool {
+    kernel_at_least(5, 11)
+}
+
+/// Whether the running kernel's release is at least `major.minor`.
+pub fn kernel_at_least(major: u32, minor: u32) -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
     let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (5, 11)
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (major, minor)
 }
 
 /// Whether settled non-blocking sockets go unread between sends here: marked
 /// sweeps, and a kernel (6.5+) where no `tcp_sendpage` queues bytes past the
 /// send probe.
 pub fn unread_settled_expected() -> bool {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").expect("kernel release");
-    let mut parts = release.trim().split(|c: char| !c.is_ascii_digit()).map(|p| p.parse::<u32>().unwrap_or(0));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    (major, minor) >= (6, 5)
+    kernel_at_least(6, 5)
 }
 
 /// Checks what the marked sweeps of a window read of settled sockets: a
@@ -313,6 +314,22 @@ pub fn parse_ss(text: &str) -> Vec<SsSocket> {
     out
 }
 
+/// The observer's (send queue, unsent, unacked) bytes over all target sockets.
+pub fn byte_gauges(m: &Scrape) -> (u64, u64, u64) {
+    (
+        metric(m, "observer_send_queue_bytes") as u64,
+        metric(m, "observer_unsent_bytes") as u64,
+        metric(m, "observer_unacked_bytes") as u64,
+    )
+}
+
+/// The same three as `ss` shows them, summed over `socks`.
+pub fn ss_bytes(socks: &[SsSocket]) -> (u64, u64, u64) {
+    let send_q: u64 = socks.iter().map(|s| s.send_q).sum();
+    let notsent: u64 = socks.iter().map(|s| s.notsent).sum();
+    (send_q, notsent, send_q - notsent)
+}
+
 pub fn count_state(socks: &[SsSocket], state: &str) -> usize {
     socks.iter().filter(|s| s.state == state).count()
 }
@@ -336,14 +353,7 @@ pub fn assert_agrees_with_ss(obs: &Observer, netns: Option<&str>, port: u16) {
             moved += 1;
             continue;
         }
-        let send_q: u64 = after.iter().map(|s| s.send_q).sum();
-        let notsent: u64 = after.iter().map(|s| s.notsent).sum();
-        let got = (
-            metric(&m, "observer_send_queue_bytes") as u64,
-            metric(&m, "observer_unsent_bytes") as u64,
-            metric(&m, "observer_unacked_bytes") as u64,
-        );
-        let want = (send_q, notsent, send_q - notsent);
+        let (got, want) = (byte_gauges(&m), ss_bytes(&after));
         let states = [("established", "ESTAB"), ("close_wait", "CLOSE-WAIT"), ("fin_wait1", "FIN-WAIT-1")];
         let state_mismatch = states.iter().find(|(ours, theirs)| {
             metric(&m, &format!("observer_tcp_sockets{{state=\"{ours}\"}}")) as usize != count_state(&after, theirs)
