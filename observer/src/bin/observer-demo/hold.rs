@@ -51,8 +51,7 @@ pub fn run(args: &HoldArgs) -> Result<()> {
             println!("SENT {i} {sent}");
         });
     }
-    // Stdin closed: hold on until ended by a signal.
-    drop(clients);
+    // Stdin closed: hold every connection, both ends, until ended by a signal.
     loop {
         thread::park();
     }
