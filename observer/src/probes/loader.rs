@@ -118,7 +118,7 @@ impl SettledRead {
     /// Marks are touched by a typed send probe only, and only a kernel
     /// without `tcp_sendpage` queues every byte through the hooked send.
     fn choose(send: Option<Method>, caps: &Capabilities) -> SettledRead {
-        if !matches!(send, Some(Method::Fexit | Method::TpBtf)) {
+        if !send.is_some_and(Method::is_typed) {
             SettledRead::WriteSeq { why: "the send hook does not see typed sockets" }
         } else if caps.sendpage {
             SettledRead::WriteSeq { why: "tcp_sendpage (before Linux 6.5) queues bytes past the send hook" }
@@ -229,18 +229,14 @@ pub fn load(opts: &LoadOptions) -> Result<Probes, ProbeError> {
     }
     // A settled socket is read again only once a byte is queued or the
     // state probe touches its mark, which takes a typed socket.
-    let typed = |hook: Hook| {
-        choices
-            .iter()
-            .any(|c| c.hook == hook && matches!(c.method, Some(Method::Fentry | Method::Fexit | Method::TpBtf)))
-    };
+    let method_of = |hook: Hook| choices.iter().find(|c| c.hook == hook).and_then(|c| c.method);
+    let typed = |hook: Hook| method_of(hook).is_some_and(Method::is_typed);
     let sweeps = if marking == 0 {
         Sweeps::FullWalks { why: "socket-local storage needs Linux 5.11 in tracing programs".into() }
     } else if !typed(Hook::State) {
         Sweeps::FullWalks { why: "the state hook does not see typed sockets".into() }
     } else {
-        let send = choices.iter().find(|c| c.hook == Hook::Send).and_then(|c| c.method);
-        load_marked(&mut ebpf, &aya_btf, SettledRead::choose(send, &caps))
+        load_marked(&mut ebpf, &aya_btf, SettledRead::choose(method_of(Hook::Send), &caps))
     };
     Ok(Probes { ebpf, caps, choices, sweeps })
 }

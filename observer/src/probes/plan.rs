@@ -132,6 +132,12 @@ impl Method {
     pub fn parse(s: &str) -> Option<Method> {
         Method::ALL.into_iter().find(|m| m.name() == s)
     }
+
+    /// Whether its programs get the socket as a pointer the verifier knows
+    /// the BTF type of: only those may reach a socket's mark.
+    pub fn is_typed(self) -> bool {
+        matches!(self, Method::Fentry | Method::Fexit | Method::TpBtf)
+    }
 }
 
 impl fmt::Display for Method {

@@ -92,10 +92,7 @@ fn wait_writable(fd: RawFd, timeout: Duration) -> io::Result<()> {
         if left.is_zero() {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "connect timed out"));
         }
-        let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
-        let ms = left.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
-        // SAFETY: one valid pollfd.
-        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        let rc = poll_once(fd, libc::POLLOUT, left);
         if rc > 0 {
             return Ok(());
         }
@@ -112,10 +109,15 @@ fn wait_writable(fd: RawFd, timeout: Duration) -> io::Result<()> {
 /// `events` (`POLLIN`, `POLLOUT`); readiness, a timeout and EINTR all just
 /// return, for the caller to try again.
 pub fn wait_ready(stream: &TcpStream, events: libc::c_short, timeout: Duration) {
-    let mut pfd = libc::pollfd { fd: stream.as_raw_fd(), events, revents: 0 };
+    poll_once(stream.as_raw_fd(), events, timeout);
+}
+
+/// One poll(2) of `fd` for `events`, up to `timeout`: its return value.
+fn poll_once(fd: RawFd, events: libc::c_short, timeout: Duration) -> libc::c_int {
+    let mut pfd = libc::pollfd { fd, events, revents: 0 };
     let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as libc::c_int;
     // SAFETY: one valid pollfd.
-    unsafe { libc::poll(&mut pfd, 1, ms) };
+    unsafe { libc::poll(&mut pfd, 1, ms) }
 }
 
 fn set_blocking(fd: RawFd) -> io::Result<()> {
