@@ -2,7 +2,10 @@
 
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
-    helpers::generated::{bpf_probe_read_kernel, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{bpf_probe_read_kernel, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
+    },
 };
 use observer_common::{Offsets, drop_reason};
 
@@ -85,6 +88,12 @@ pub trait Sock: Copy {
     /// a typed `struct sock *` only reaches `tcp_sock` fields once the
     /// verifier has seen it checked.
     fn tcp(self) -> Option<Self>;
+    /// CLOCK_MONOTONIC ns no earlier than the socket's latest ACK, for a
+    /// send probe to date progress by: `tcp_mstamp` (µs of the socket's
+    /// latest send or receive processing, which the send just refreshed)
+    /// where it is one load, the clock itself where it would be a helper
+    /// call anyway. Reading the clock costs more than the load in a VM.
+    fn processed_ns(self) -> u64;
 }
 
 /// A pointer the verifier knows the BTF type of.
@@ -130,6 +139,13 @@ impl Sock for Typed {
         let tp = unsafe { bpf_skc_to_tcp_sock(self.0 as *mut core::ffi::c_void) } as *const u8;
         (!tp.is_null()).then_some(Typed(tp))
     }
+    #[inline(always)]
+    fn processed_ns(self) -> u64 {
+        match load::<u64>(self.0, off!(tcp_mstamp)) {
+            0 => unsafe { bpf_ktime_get_ns() },
+            us => us * 1000,
+        }
+    }
 }
 
 impl Sock for Untyped {
@@ -156,6 +172,10 @@ impl Sock for Untyped {
     #[inline(always)]
     fn tcp(self) -> Option<Self> {
         (protocol(self) == IPPROTO_TCP).then_some(self)
+    }
+    #[inline(always)]
+    fn processed_ns(self) -> u64 {
+        unsafe { bpf_ktime_get_ns() }
     }
 }
 

@@ -6,15 +6,31 @@ use aya_ebpf::{
     macros::{btf_map, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, Queue},
 };
-use observer_common::{AgentClocks, Mark, PortKey, ProcCounters, SockEvents, drop_reason, marks, settings};
+use observer_common::{
+    AgentClocks, Mark, PortKey, ProcCounters, SockEvents, drop_reason, marks, settings, tgid_filter,
+};
 
 /// Processes being watched (tgid -> 1). Written by the agent.
 #[map]
 pub static TARGET_TGIDS: HashMap<u32, u32> = HashMap::with_max_entries(1024, 0);
 
+/// One bit per `tgid % TGID_FILTER_BITS`, set for every watched process
+/// (`tgid_filter`). Written by the agent with `TARGET_TGIDS`. An array
+/// lookup is a few instructions the verifier inlines; the hash lookup it
+/// spares every send of an unwatched process hashes the key.
+#[map]
+pub static TGID_FILTER: Array<u64> = Array::with_max_entries(tgid_filter::WORDS, 0);
+
 #[inline(always)]
 pub fn is_target(tgid: u32) -> bool {
-    TARGET_TGIDS.get_ptr(tgid).is_some()
+    may_be_target(tgid) && TARGET_TGIDS.get_ptr(tgid).is_some()
+}
+
+/// False for every process that is not watched but a few (`tgid_filter`).
+#[inline(always)]
+pub fn may_be_target(tgid: u32) -> bool {
+    let (word, bit) = tgid_filter::slot(tgid);
+    TGID_FILTER.get(word).is_some_and(|w| w & bit != 0)
 }
 
 /// Listening ports of the watched processes -> owning tgid. Written by the

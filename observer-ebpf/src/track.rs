@@ -6,7 +6,7 @@ use observer_common::{FLAG_APP_CLOSED, FLAG_COUNTED_OPEN, PortKey, SockEvents, d
 
 use crate::{
     kernel::{self, Sock},
-    maps::{Counter, GONE, SOCKS, TARGET_PORTS, bump, bump_by, count_drop, hint, is_target},
+    maps::{Counter, GONE, SOCKS, TARGET_PORTS, bump, bump_by, count_drop, hint, is_target, may_be_target},
 };
 
 #[inline(always)]
@@ -52,7 +52,7 @@ fn start(sk: impl Sock, owner: u32, flags: u32, now: u64, birth: bool) -> bool {
 
 /// ACK progress bookkeeping shared by every event that looks at a socket.
 #[inline(always)]
-fn note_progress(ev: &mut SockEvents, sk: impl Sock, now: Option<u64>) {
+fn note_progress(ev: &mut SockEvents, sk: impl Sock, now: impl FnOnce() -> u64) {
     let una = kernel::snd_una(sk);
     if una != ev.snd_una || una == kernel::snd_nxt(sk) {
         // Moved, or nothing outstanding: an idle socket is not a stuck one.
@@ -62,7 +62,7 @@ fn note_progress(ev: &mut SockEvents, sk: impl Sock, now: Option<u64>) {
             ev.zero_window_since_ns = 0;
         }
         ev.snd_una = una;
-        ev.last_progress_ns = now.unwrap_or_else(|| unsafe { bpf_ktime_get_ns() });
+        ev.last_progress_ns = now();
     }
     // Only a socket in a zero-window episode needs its window read.
     if ev.zero_window_since_ns != 0 && kernel::snd_wnd(sk) != 0 {
@@ -85,11 +85,13 @@ fn account_retransmits(ev: &mut SockEvents, sk: impl Sock) {
 }
 
 /// After a send by the current task. Sends run in the sender's context, so
-/// a process we do not watch costs one lookup in a small map and no more.
+/// a process we do not watch costs a bit test and no more (`may_be_target`).
+/// A socket the probes track needs no further test: the hash lookup of
+/// `is_target` is paid only by one they do not track yet.
 #[inline(always)]
 pub fn on_send(sk: impl Sock) {
     let tgid = current_tgid();
-    if !is_target(tgid) {
+    if !may_be_target(tgid) {
         return;
     }
     // The send tracepoints fire for every socket type; only TCP is ours
@@ -108,12 +110,12 @@ pub fn on_send(sk: impl Sock) {
         sk.touch();
     }
     match SOCKS.get_ptr_mut(sk.addr()) {
-        Some(ev) => note_progress(unsafe { &mut *ev }, sk, None),
+        Some(ev) => note_progress(unsafe { &mut *ev }, sk, || sk.processed_ns()),
         None => {
             // A write after a reset reaches a socket already in CLOSE, whose
             // destruction no state change will announce: never start one.
             let state = kernel::state(sk);
-            if state != tcp_state::CLOSE && state != tcp_state::LISTEN {
+            if state != tcp_state::CLOSE && state != tcp_state::LISTEN && is_target(tgid) {
                 start(sk, tgid, 0, unsafe { bpf_ktime_get_ns() }, false);
             }
         }
@@ -243,7 +245,7 @@ pub fn on_write_timer(sk: impl Sock) {
     };
     let ev = unsafe { &mut *ev };
     let now = unsafe { bpf_ktime_get_ns() };
-    note_progress(ev, sk, Some(now));
+    note_progress(ev, sk, || now);
     account_retransmits(ev, sk);
     match kernel::pending(sk) {
         timer::RETRANS => {

@@ -25,6 +25,7 @@ use crate::{
         errors::ProbeError,
         loader::{Probes, Sweeps},
         plan::{Hook, Method},
+        tgid_filter::TgidFilter,
     },
     proc,
     sockets::{
@@ -38,6 +39,7 @@ use crate::{
 /// Handles on the maps the agent reads and writes.
 pub struct KernelMaps {
     tgids: BpfHashMap<MapData, u32, u32>,
+    tgid_filter: TgidFilter,
     ports: BpfHashMap<MapData, PortKey, u32>,
     socks: BpfHashMap<MapData, u64, SockEvents>,
     clocks: BpfHashMap<MapData, u64, AgentClocks>,
@@ -59,6 +61,7 @@ impl KernelMaps {
     pub fn take(probes: &mut Probes) -> Result<Self, ProbeError> {
         Ok(KernelMaps {
             tgids: take(probes, names::TARGET_TGIDS)?,
+            tgid_filter: TgidFilter::new(take(probes, names::TGID_FILTER)?),
             ports: take(probes, names::TARGET_PORTS)?,
             socks: take(probes, names::SOCKS)?,
             clocks: take(probes, names::CLOCKS)?,
@@ -204,10 +207,20 @@ impl Agent {
         })
     }
 
-    /// Sweeps until `stop` is set.
+    /// Sweeps until `stop` is set: every `interval`, and in between when
+    /// the last sweep found a socket whose class is due to change before
+    /// the next one (a peer reaching `--dead-after`), so that it is reported
+    /// then rather than up to an interval later. Those come no closer than
+    /// a quarter interval apart, which bounds what trouble can cost.
     pub fn run(mut self, interval: Duration, stop: Arc<AtomicBool>) {
+        let mut next_tick = Instant::now();
         while !stop.load(Ordering::Relaxed) {
             let started = Instant::now();
+            if started < next_tick {
+                self.metrics.due_sweeps.inc();
+            } else {
+                next_tick = started + interval;
+            }
             match self.sweep() {
                 Ok(()) => {}
                 Err(e) => {
@@ -217,12 +230,20 @@ impl Agent {
             }
             self.metrics.sweeps.inc();
             self.metrics.sweep_duration.set(started.elapsed().as_secs_f64());
+            let wake = self.due_at(started + interval / 4).filter(|&due| due < next_tick).unwrap_or(next_tick);
             // Sleep in small steps so shutdown is prompt.
-            let deadline = started + interval;
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(20).min(deadline.saturating_duration_since(Instant::now())));
+            while !stop.load(Ordering::Relaxed) && Instant::now() < wake {
+                std::thread::sleep(Duration::from_millis(20).min(wake.saturating_duration_since(Instant::now())));
             }
         }
+    }
+
+    /// When the earliest class change the last sweep foresaw is due, no
+    /// sooner than `earliest`.
+    fn due_at(&self, earliest: Instant) -> Option<Instant> {
+        let at = self.table.next_change()?;
+        let due = Instant::now() + Duration::from_nanos(at.saturating_sub(monotonic_ns()));
+        Some(due.max(earliest))
     }
 
     /// The kernel operations every sweep performs, once, with no effect on
@@ -669,6 +690,11 @@ impl Agent {
                     }
                 }
             }
+        }
+        if let Err(e) = maps.tgid_filter.sync(&self.tgids) {
+            // A word not written is written at the next sweep.
+            debug!("writing the watched processes' filter: {e}");
+            self.metrics.add_dropped(metrics::DROP_PID_MAP, 1);
         }
     }
 

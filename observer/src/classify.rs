@@ -188,6 +188,42 @@ pub fn classify(o: &Observed, t: &Thresholds) -> Class {
     Class::Healthy
 }
 
+/// How long until `o`'s class changes if the kernel shows nothing new, or
+/// None when time alone changes nothing (a healthy flowing socket, one
+/// already a zombie for good). Classes change only where an age reaches
+/// its threshold, so those instants are the only ones to try.
+pub fn next_change(o: &Observed, t: &Thresholds) -> Option<Duration> {
+    let class = classify(o, t);
+    let ages = [
+        (t.dead_after, Some(o.no_progress_for)),
+        (t.dead_after, Some(o.silent_for)),
+        (o.rto, o.probe_unanswered_for),
+        (t.close_wait_after, o.close_wait_for),
+        (t.stall_after, o.zero_window_for),
+        (t.stall_after, o.connect_for),
+    ];
+    let mut gaps: Vec<Duration> =
+        ages.iter().filter_map(|&(threshold, age)| age.filter(|&a| a < threshold).map(|a| threshold - a)).collect();
+    gaps.sort();
+    gaps.into_iter().find(|&d| classify(&o.aged(d), t) != class)
+}
+
+impl Observed {
+    /// The same socket `d` later, nothing else having happened.
+    fn aged(&self, d: Duration) -> Observed {
+        let later = |age: Option<Duration>| age.map(|a| a + d);
+        Observed {
+            no_progress_for: self.no_progress_for + d,
+            silent_for: self.silent_for + d,
+            probe_unanswered_for: later(self.probe_unanswered_for),
+            close_wait_for: later(self.close_wait_for),
+            zero_window_for: later(self.zero_window_for),
+            connect_for: later(self.connect_for),
+            ..*self
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,6 +324,28 @@ mod tests {
         );
         let orphan = Observed { orphan: true, state: tcp_state::FIN_WAIT1, ..gone };
         assert_eq!(classify(&orphan, &t()), Class::Zombie(ZombieReason::Orphaned));
+    }
+
+    #[test]
+    fn the_next_change_is_where_the_first_threshold_that_matters_is_reached() {
+        // Retransmitting for 4 s, ACKs silent for 4.5 s: dead at 5 s of both.
+        let dying = Observed { no_progress_for: S(4), silent_for: MS(4500), ..rto_dead() };
+        assert_eq!(next_change(&dying, &t()), Some(S(1)));
+        assert_eq!(classify(&dying.aged(MS(999)), &t()), Class::Healthy);
+        // Flowing, nothing retransmitted: time alone changes nothing.
+        let flowing = Observed { unacked: 10_000, no_progress_for: S(4), silent_for: S(4), ..est() };
+        assert_eq!(next_change(&flowing, &t()), None);
+        assert_eq!(next_change(&rto_dead(), &t()), None, "dead stays dead");
+        let slow = Observed { zero_window_for: Some(MS(2500)), ..zero_window() };
+        assert_eq!(next_change(&slow, &t()), Some(MS(500)));
+        let cw = Observed { state: tcp_state::CLOSE_WAIT, close_wait_for: Some(S(7)), ..est() };
+        assert_eq!(next_change(&cw, &t()), Some(S(3)));
+        // A probe unanswered past the RTO with the ACKs silent 5 s: the
+        // stall turns dead when the later of the two is reached.
+        let probing =
+            Observed { probes_out: 1, probe_unanswered_for: Some(MS(100)), silent_for: MS(4800), ..zero_window() };
+        assert_eq!(classify(&probing, &t()), Class::Stalled(StallReason::ZeroWindow));
+        assert_eq!(next_change(&probing, &t()), Some(MS(200)));
     }
 
     #[test]

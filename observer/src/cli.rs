@@ -160,6 +160,8 @@ pub struct TopArgs {
 #[derive(Args, Debug, Clone)]
 pub struct SweepArgs {
     /// Seconds between reconciliation sweeps against the kernel's socket table.
+    /// A socket whose class is due to change sooner gets a sweep of its own
+    /// then, no closer than a quarter of this to the last.
     #[arg(long, default_value = "1", value_name = "SECONDS", value_parser = parse_interval, allow_hyphen_values = true)]
     pub interval: Duration,
     /// Silence after which a peer is gone: a connection with data outstanding

@@ -97,6 +97,8 @@ pub struct Metrics {
     pub sweep_errors: Counter,
     /// Sweeps that read only the marked sockets that changed.
     pub marked_sweeps: Counter,
+    /// Sweeps run before the interval was up, because a class was due.
+    pub due_sweeps: Counter,
     /// Settled sockets the marked sweeps passed over, by what they read.
     pub settled_visits: Family<ReadLabel, Counter>,
     /// Socket records the sweeps read from the kernel, and all bytes read
@@ -229,6 +231,11 @@ impl Metrics {
         r.register("probe_info", "Attach method each hook uses on this kernel (value 1)", self.probe_info.clone());
         r.register("sweeps", "Reconciliation sweeps against the kernel's socket table", self.sweeps.clone());
         r.register("sweep_errors", "Sweeps that failed", self.sweep_errors.clone());
+        r.register(
+            "due_sweeps",
+            "Sweeps run before the interval was up because a socket's class was due to change then (at most four per interval)",
+            self.due_sweeps.clone(),
+        );
         r.register(
             "marked_sweeps",
             "Sweeps that visited only the marked sockets and read only those that changed, instead of walking every TCP socket of the watched namespaces",

@@ -298,6 +298,22 @@ pub mod settings {
     pub const COUNT: u32 = 1;
 }
 
+/// `TGID_FILTER`: a bitmap over `tgid % BITS` in front of `TARGET_TGIDS`.
+/// A clear bit means the process is not watched; a set one is confirmed in
+/// the hash map (two watched processes may share a bit, and one that is not
+/// watched may share a watched one's).
+pub mod tgid_filter {
+    pub const WORDS: u32 = 64;
+    pub const BITS: u32 = WORDS * 64;
+
+    /// The word of the map and the bit in it that stand for `tgid`.
+    #[inline(always)]
+    pub fn slot(tgid: u32) -> (u32, u64) {
+        let bit = tgid % BITS;
+        (bit / 64, 1u64 << (bit % 64))
+    }
+}
+
 /// `icsk_pending` values (include/net/inet_connection_sock.h).
 pub mod timer {
     pub const RETRANS: u8 = 1;
@@ -357,6 +373,7 @@ pub mod names {
     pub const HINTS: &str = "HINTS";
     pub const GONE: &str = "GONE";
     pub const SETTINGS: &str = "SETTINGS";
+    pub const TGID_FILTER: &str = "TGID_FILTER";
     /// The iterator over `MARKS`, the sockets' marks (socket-local storage).
     pub const MARKED_PROGRAM: &str = "observer_marked";
     pub const MARKS: &str = "MARKS";

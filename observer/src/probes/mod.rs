@@ -8,3 +8,4 @@ pub mod loader;
 pub mod offsets;
 pub mod pins;
 pub mod plan;
+pub mod tgid_filter;

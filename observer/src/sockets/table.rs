@@ -113,6 +113,8 @@ pub struct SocketTable {
     last_now: u64,
     /// The file tables the last `reown` applied, and the table it left.
     last_reown: Option<Reowned>,
+    /// The earliest `changes_at` among the sockets the last sweep read.
+    next_change: Option<u64>,
 }
 
 /// A `reown` as it ended: every entry with a file then matched `owners`.
@@ -194,6 +196,7 @@ impl SocketTable {
         // Updated in place and pruned by generation: at 100k sockets a
         // second map per sweep would double the agent's memory.
         self.generation += 1;
+        self.next_change = None;
         self.known_owners.extend(targets.iter().copied());
         if full_scan {
             self.disowned.clear();
@@ -260,6 +263,9 @@ impl SocketTable {
         }
         let mut actions = SweepActions::default();
         self.generation += 1;
+        // Only what crossed can change by time alone: a settled socket is
+        // quiet, and a quiet socket is healthy however long it stays so.
+        self.next_change = None;
         self.known_owners.extend(targets.iter().copied());
         let listeners = listener_owners(records, inode_owner);
         for rec in records {
@@ -415,7 +421,8 @@ impl SocketTable {
                 .or_else(|| listeners.get(&(rec.netns, rec.sport)).copied().flatten())
         };
         let Some(owner) = owner else { return };
-        let t = update(prev, owner, rec, now, self.tick_ns, thresholds);
+        let (t, changes_at) = update(prev, owner, rec, now, self.tick_ns, thresholds);
+        self.next_change = self.next_change.into_iter().chain(changes_at).min();
         if t.is_listener() {
             actions.listen_ports.insert((rec.netns, rec.sport), owner);
         }
@@ -439,6 +446,12 @@ impl SocketTable {
         self.seeds.clear();
         let owning = self.socks.by_owner();
         self.known_owners.retain(|p| targets.contains(p) || owning.contains_key(p));
+    }
+
+    /// When the earliest class change among the sockets the last sweep read
+    /// is due, if nothing else happens (CLOCK_MONOTONIC ns).
+    pub fn next_change(&self) -> Option<u64> {
+        self.next_change
     }
 
     pub fn mark_kernel_tracked(&mut self, sk: u64) {
@@ -493,7 +506,16 @@ fn persist_lower_bound(backoff: u8) -> u64 {
 }
 
 /// One socket's next state from its previous one and a fresh record.
-fn update(prev: Option<&Tracked>, owner: u32, rec: &SockRecord, now: u64, tick_ns: u64, th: &Thresholds) -> Tracked {
+/// The socket as `rec` shows it, and when its class changes if nothing else
+/// happens (CLOCK_MONOTONIC ns).
+fn update(
+    prev: Option<&Tracked>,
+    owner: u32,
+    rec: &SockRecord,
+    now: u64,
+    tick_ns: u64,
+    th: &Thresholds,
+) -> (Tracked, Option<u64>) {
     let ev = (rec.has_events != 0).then_some(&rec.events);
     let unacked = rec.snd_nxt.wrapping_sub(rec.snd_una);
     let unsent = rec.write_seq.wrapping_sub(rec.snd_nxt);
@@ -597,7 +619,10 @@ fn update(prev: Option<&Tracked>, owner: u32, rec: &SockRecord, now: u64, tick_n
         zero_window_for: zero_window_at.map(since),
         connect_for: connect_at.map(since),
     };
-    Tracked {
+    // A tick late: the kernel's stamps are jiffies, so an age read then may
+    // still fall short by one.
+    let changes_at = classify::next_change(&observed, th).map(|d| now + d.as_nanos() as u64 + tick_ns);
+    let tracked = Tracked {
         owner,
         record: *rec,
         class: classify::classify(&observed, th),
@@ -609,7 +634,8 @@ fn update(prev: Option<&Tracked>, owner: u32, rec: &SockRecord, now: u64, tick_n
         probe_seen_at,
         kernel_tracked: rec.has_events != 0 || prev.is_some_and(|p| p.kernel_tracked),
         seen: 0,
-    }
+    };
+    (tracked, changes_at)
 }
 
 #[cfg(test)]
