@@ -207,7 +207,7 @@ impl Agent {
         })
     }
 
-    /// Sweeps until `stop` is set: every `interval`, and in between when
+    /// Sweeps until `stop` is set (then unpark the thread): every `interval`, and in between when
     /// the last sweep found a socket whose class is due to change before
     /// the next one (a peer reaching `--dead-after`), so that it is reported
     /// then rather than up to an interval later. Those come no closer than
@@ -231,9 +231,10 @@ impl Agent {
             self.metrics.sweeps.inc();
             self.metrics.sweep_duration.set(started.elapsed().as_secs_f64());
             let wake = self.due_at(started + interval / 4).filter(|&due| due < next_tick).unwrap_or(next_tick);
-            // Sleep in small steps so shutdown is prompt.
+            // Parked, not polled: whoever sets `stop` unparks this thread,
+            // so an idle observer wakes once a sweep.
             while !stop.load(Ordering::Relaxed) && Instant::now() < wake {
-                std::thread::sleep(Duration::from_millis(20).min(wake.saturating_duration_since(Instant::now())));
+                std::thread::park_timeout(wake.saturating_duration_since(Instant::now()));
             }
         }
     }
@@ -446,7 +447,10 @@ impl Agent {
     /// Who holds which socket among `pids`: from the kernel's file-table
     /// iterator where the plan chose it, else from `/proc/PID/fd`.
     fn scan_owners(&mut self, pids: &[u32]) -> target::Scan {
-        if let (true, Backend::Ebpf(probes)) = (self.owners_in_kernel, &mut self.backend) {
+        // The iterator visits every file of every task on the machine and
+        // keeps the registered processes' only: with none, it finds nothing.
+        let registered = pids.iter().any(|p| self.tgids.contains(p));
+        if let (true, true, Backend::Ebpf(probes)) = (registered, self.owners_in_kernel, &mut self.backend) {
             match target::held::read(&mut probes.ebpf) {
                 Ok(held) => return target::scan_held(pids, &held, &self.tgids),
                 Err(e) => {

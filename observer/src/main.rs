@@ -126,6 +126,7 @@ fn run(args: RunArgs) -> Result<()> {
         }
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sweeper.thread().unpark();
     // Dropping the agent closes every program, link and map: nothing stays attached.
     let _ = sweeper.join();
     if let Some(p) = pins {
