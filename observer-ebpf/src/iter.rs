@@ -22,7 +22,7 @@ use observer_common::{HeldSocket, Mark, SockRecord, drop_reason, marks, tcp_stat
 
 use crate::{
     kernel::{self, load, off, read},
-    maps::{SOCKS, count_drop, hint, is_target, sends_touch},
+    maps::{CROSSED, SOCKS, count_drop, hint, is_target, sends_touch},
 };
 
 #[repr(C)]
@@ -159,12 +159,16 @@ pub fn observer_marked(ctx: *mut IterMarkCtx) -> i32 {
     }
     rest(sk as *const u8, tp, &mut rec);
     // The mark changes only once the record is written: a record the read
-    // buffer could not take is shown again, and must cross then.
-    if write(meta, &rec) {
+    // buffer could not take is shown again, and must cross then. The agent
+    // drains the ring once the read ends, so no reader needs waking.
+    if CROSSED.output::<SockRecord>(&rec, BPF_RB_NO_WAKEUP).is_ok() || write(meta, &rec) {
         settle(mark, generation, &rec);
     }
     0
 }
+
+/// `bpf_ringbuf_output` flag: no wakeup of epoll waiters.
+const BPF_RB_NO_WAKEUP: u64 = 1;
 
 /// `iter/task_file`: every socket file of a watched process, as (inode,
 /// process, fd). The kernel walks the file tables in place of a

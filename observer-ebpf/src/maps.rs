@@ -4,7 +4,7 @@
 use aya_ebpf::{
     btf_maps::SkStorage,
     macros::{btf_map, map},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, Queue},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, Queue, RingBuf},
 };
 use observer_common::{
     AgentClocks, Mark, PortKey, ProcCounters, SockEvents, drop_reason, marks, settings, tgid_filter,
@@ -58,6 +58,15 @@ pub static MARKS: SkStorage<Mark> = SkStorage::new();
 /// crosses as nothing, so its absence says nothing.
 #[map]
 pub static GONE: Queue<u64> = Queue::with_max_entries(65_536, 0);
+
+/// Records of the marked-socket sweep, beside the iterator's own output.
+/// That output is read 32 KiB at a time, and each read restarts the walk
+/// of the storage map's bucket from its head: with a bucket per CPU, on a
+/// small machine a record in every few hundred sockets made the sweep walk
+/// its buckets again and again. What the ring cannot take goes to the
+/// output as before.
+#[map]
+pub static CROSSED: RingBuf = RingBuf::with_byte_size(marks::CROSSED_BYTES, 0);
 
 /// Choices the agent makes once the hooks are attached, by `settings::*`.
 #[map]

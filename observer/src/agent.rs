@@ -160,7 +160,7 @@ impl Agent {
         // Linked now, while the start-up privileges are still held.
         let marked = match &mut backend {
             Backend::Ebpf(probes) if matches!(probes.sweeps, Sweeps::Marked { .. }) => {
-                match MarkedSweeps::attach(&probes.ebpf) {
+                match MarkedSweeps::attach(&mut probes.ebpf) {
                     Ok(m) => Some(m),
                     Err(e) => {
                         warn!("marked-socket sweeps unavailable, every sweep walks all sockets: {e}");

@@ -220,6 +220,10 @@ pub mod drop_reason {
 /// storage), and the kernel sends it only those that are not quiet or have
 /// changed since they last crossed.
 pub mod marks {
+    /// Size of `CROSSED`, the marked-socket sweep's ring of records: room
+    /// for about 2,400 sockets that changed in one sweep (a power of two,
+    /// as the kernel requires).
+    pub const CROSSED_BYTES: u32 = 512 * 1024;
     /// `HINTS` slots: what the probes saw that a marked-socket sweep cannot.
     /// A target's socket closed from FIN_WAIT1/FIN_WAIT2/CLOSING: a TIME_WAIT
     /// socket may have replaced it, which only a full walk shows.
@@ -377,6 +381,7 @@ pub mod names {
     /// The iterator over `MARKS`, the sockets' marks (socket-local storage).
     pub const MARKED_PROGRAM: &str = "observer_marked";
     pub const MARKS: &str = "MARKS";
+    pub const CROSSED: &str = "CROSSED";
     /// The `iter/task_file` program that lists the watched processes' sockets.
     pub const OWNERS_PROGRAM: &str = "observer_owners";
 }

@@ -5,27 +5,33 @@
 //!
 //! aya attaches iterators without a target map only, so the link is made
 //! here with `BPF_LINK_CREATE` and its `iter_info`, once; each sweep opens a
-//! fresh read of it with `BPF_ITER_CREATE`.
+//! fresh read of it with `BPF_ITER_CREATE`. Records cross by the `CROSSED`
+//! ring, and by the read when the ring is full.
 
 use std::{
     fs::File,
     os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
 };
 
-use aya::{Ebpf, maps::Map, programs::Iter};
+use aya::{
+    Ebpf,
+    maps::{Map, MapData, RingBuf},
+    programs::Iter,
+};
 use observer_common::SockRecord;
 
-use super::iter::{IterError, read_records};
+use super::iter::{IterError, decode, read_records};
 
-use observer_common::names::{MARKED_PROGRAM as PROGRAM, MARKS as MAP};
+use observer_common::names::{CROSSED, MARKED_PROGRAM as PROGRAM, MARKS as MAP};
 
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_ITER_CREATE: libc::c_long = 33;
 const BPF_TRACE_ITER: u32 = 28;
 
-/// The attached iterator.
+/// The attached iterator, and the ring most of its records cross by.
 pub struct MarkedSweeps {
     link: OwnedFd,
+    crossed: RingBuf<MapData>,
 }
 
 /// What one marked-socket sweep read.
@@ -71,7 +77,7 @@ fn bpf(cmd: libc::c_long, attr: *const u8, size: usize) -> std::io::Result<Owned
 
 impl MarkedSweeps {
     /// Links the loaded iterator program to the `MARKS` map.
-    pub fn attach(ebpf: &Ebpf) -> Result<MarkedSweeps, IterError> {
+    pub fn attach(ebpf: &mut Ebpf) -> Result<MarkedSweeps, IterError> {
         let prog: &Iter = ebpf
             .program(PROGRAM)
             .ok_or(IterError::NotLoaded)?
@@ -92,7 +98,23 @@ impl MarkedSweeps {
         };
         let link = bpf(BPF_LINK_CREATE, std::ptr::addr_of!(attr).cast(), size_of::<LinkCreate>())
             .map_err(|e| IterError::Kernel(format!("linking {PROGRAM} to {MAP}: {e}")))?;
-        Ok(MarkedSweeps { link })
+        let crossed = ebpf
+            .take_map(CROSSED)
+            .ok_or_else(|| IterError::Kernel(format!("map {CROSSED} is missing")))
+            .and_then(|m| RingBuf::try_from(m).map_err(|e| IterError::Kernel(format!("map {CROSSED}: {e}"))))?;
+        let mut sweeps = MarkedSweeps { link, crossed };
+        // Nothing from before this observer's first read is this sweep's.
+        sweeps.drain_ring()?;
+        Ok(sweeps)
+    }
+
+    /// The records in the ring, in the order they were written.
+    fn drain_ring(&mut self) -> Result<Vec<SockRecord>, IterError> {
+        let mut out = Vec::new();
+        while let Some(item) = self.crossed.next() {
+            out.extend(decode::<SockRecord>(&item)?);
+        }
+        Ok(out)
     }
 
     /// One pass over the marked sockets, decoded a read at a time: the
@@ -101,7 +123,10 @@ impl MarkedSweeps {
         let attr = IterCreate { link_fd: self.link.as_raw_fd() as u32, ..IterCreate::default() };
         let fd = bpf(BPF_ITER_CREATE, std::ptr::addr_of!(attr).cast(), size_of::<IterCreate>())
             .map_err(|e| IterError::Kernel(format!("opening {PROGRAM}: {e}")))?;
-        let records: Vec<SockRecord> = read_records(&mut File::from(fd), &|_| true)?;
+        let mut records: Vec<SockRecord> = read_records(&mut File::from(fd), &|_| true)?;
+        // The program runs only while this thread reads, so once the read
+        // ends every record it put in the ring is there.
+        records.extend(self.drain_ring()?);
         let bytes = records.len() * size_of::<SockRecord>();
         Ok(Marked { records, bytes })
     }

@@ -141,7 +141,7 @@ impl Plan {
                 send_rounds: 10,
                 send_window: Duration::from_secs(1),
                 scale_levels: vec![1_000, 10_000, 50_000, 100_000],
-                scale_sweeps: 5,
+                scale_sweeps: 10,
                 scale_cpu_window: Duration::from_secs(60),
                 scale_trouble_share: 0.01,
                 storm_secs: 60.0,

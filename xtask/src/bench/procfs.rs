@@ -4,10 +4,21 @@ use std::{collections::HashMap, fs};
 
 /// CPU time of all threads of `pid`, in ns (from each task's schedstat).
 pub fn cpu_ns(pid: u32) -> u64 {
+    threads_cpu_ns(pid, |_| true)
+}
+
+/// CPU time of the threads of `pid` named `name` (their `comm`), in ns.
+pub fn thread_cpu_ns(pid: u32, name: &str) -> u64 {
+    threads_cpu_ns(pid, |task| fs::read_to_string(task.join("comm")).is_ok_and(|c| c.trim_end() == name))
+}
+
+fn threads_cpu_ns(pid: u32, pick: impl Fn(&std::path::Path) -> bool) -> u64 {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
     tasks
         .flatten()
-        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+        .map(|t| t.path())
+        .filter(|t| pick(t))
+        .filter_map(|t| fs::read_to_string(t.join("schedstat")).ok())
         .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
         .sum()
 }

@@ -155,6 +155,9 @@ pub struct Level {
     pub bytes_per_sweep: Option<f64>,
 }
 
+/// The name the observer gives the thread that sweeps.
+const SWEEP_THREAD: &str = "sweep";
+
 fn measure(obs: &Observer, ns: &str, pairs: &[Pair], sockets: usize, plan: &Plan) -> Result<Level> {
     let sweeps = plan.scale_sweeps;
     obs.wait_until(Duration::from_secs(60), &format!("{sockets} established target sockets"), |m| {
@@ -168,12 +171,15 @@ fn measure(obs: &Observer, ns: &str, pairs: &[Pair], sockets: usize, plan: &Plan
     pause(plan.scale_cpu_window)?;
     let cpu_pct = procfs::cpu_ns(obs.pid()).saturating_sub(cpu0) as f64 / t0.elapsed().as_secs_f64() / 1e7;
     // Then the sweeps themselves, bracketed by sweep boundaries, so their
-    // CPU time (unlike their wall time) does not depend on other load.
+    // CPU time (unlike their wall time) does not depend on other load. The
+    // sweep thread's own: the scrapes that find the boundaries (ten a
+    // sweep, each timed below) run on the HTTP threads.
     obs.next_sweeps(1, Duration::from_secs(30))?;
-    let (m0, cpu_a) = (obs.scrape()?, procfs::cpu_ns(obs.pid()));
+    let (m0, cpu_a) = (obs.scrape()?, procfs::thread_cpu_ns(obs.pid(), SWEEP_THREAD));
     let sweep_ms: Vec<f64> =
         obs.next_sweeps(sweeps, Duration::from_secs(30 + sweeps as u64 * 5))?.iter().map(|s| s * 1e3).collect();
-    let sweep_cpu_ms = procfs::cpu_ns(obs.pid()).saturating_sub(cpu_a) as f64 / sweeps as f64 / 1e6;
+    let sweep_cpu_ms =
+        procfs::thread_cpu_ns(obs.pid(), SWEEP_THREAD).saturating_sub(cpu_a) as f64 / sweeps as f64 / 1e6;
     let m1 = obs.scrape()?;
     let sweeps_seen = m1.get("observer_sweeps_total") - m0.get("observer_sweeps_total");
     let overflows_per_sweep = (m1.get(ITER_FAILED) - m0.get(ITER_FAILED)) / sweeps_seen;

@@ -58,7 +58,10 @@ pub fn report(
     );
     s.rows.push(
         Row::new(
-            format!("Sweep CPU time, {n} target sockets (agent CPU per sweep, mean of {})", top.sweep_ms.len()),
+            format!(
+                "Sweep CPU time, {n} target sockets (the sweep thread's CPU per sweep, mean of {})",
+                top.sweep_ms.len()
+            ),
             format!("≤ {TARGET_MS} ms"),
             format!("{} ms", fmt_num(top.sweep_cpu_ms)),
         )
