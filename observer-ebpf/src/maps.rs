@@ -78,6 +78,12 @@ pub fn sends_touch() -> bool {
     SETTINGS.get(settings::SENDS_TOUCH).is_some_and(|v| *v != 0)
 }
 
+/// See `settings::TOUCH_EVERY_JIFFIES`.
+#[inline(always)]
+pub fn touch_every_jiffies() -> u64 {
+    SETTINGS.get(settings::TOUCH_EVERY_JIFFIES).map_or(0, |v| u64::from(*v))
+}
+
 /// What the probes saw that only a full walk shows, by `marks::HINT_*`.
 #[map]
 pub static HINTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(marks::HINT_COUNT, 0);

@@ -13,7 +13,9 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap};
 use log::{debug, warn};
-use observer_common::{AgentClocks, PortKey, ProcCounters, SockEvents, SockRecord, drop_reason, marks, names};
+use observer_common::{
+    AgentClocks, PortKey, ProcCounters, SockEvents, SockRecord, drop_reason, marks, names, settings,
+};
 
 use crate::{
     classify::Thresholds,
@@ -47,6 +49,7 @@ pub struct KernelMaps {
     drops: PerCpuArray<MapData, u64>,
     hints: PerCpuArray<MapData, u64>,
     gone: aya::maps::Queue<MapData, u64>,
+    settings: aya::maps::Array<MapData, u32>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -69,6 +72,7 @@ impl KernelMaps {
             drops: take(probes, names::DROPS)?,
             hints: take(probes, names::HINTS)?,
             gone: take(probes, names::GONE)?,
+            settings: take(probes, names::SETTINGS)?,
         })
     }
 }
@@ -135,6 +139,23 @@ pub enum SweepError {
     Netns { pid: u32, source: std::io::Error },
     #[error("map {op}: {reason}")]
     Map { op: &'static str, reason: String },
+}
+
+/// The least time from the end of one sweep to the start of the next, as a
+/// share of the interval: it bounds how often a send must move a mark.
+const MIN_GAP_SHARE: u32 = 8;
+
+/// Jiffies a send may let pass between moves of a socket's mark when sweeps
+/// end at least `gap` before the next begins (0: every send moves it). A
+/// move the counter dates `n` jiffies back happened less than `n + 1`
+/// jiffies ago, so skipping a move below this leaves less than `gap` since
+/// the last: too little for the two reads that settling takes.
+pub fn touch_every_jiffies(gap: Duration, jiffy_ns: u64) -> u32 {
+    if jiffy_ns == 0 {
+        return 0;
+    }
+    let whole = gap.as_nanos() as u64 / jiffy_ns;
+    u32::try_from(whole.saturating_sub(1)).unwrap_or(u32::MAX)
 }
 
 /// Sweeps between full reads of the targets' `/proc/PID/fd`.
@@ -213,8 +234,20 @@ impl Agent {
     /// then rather than up to an interval later. Those come no closer than
     /// a quarter interval apart, which bounds what trouble can cost.
     pub fn run(mut self, interval: Duration, stop: Arc<AtomicBool>) {
+        let gap = interval / MIN_GAP_SHARE;
+        self.tell_touch_every(gap);
         let mut next_tick = Instant::now();
-        while !stop.load(Ordering::Relaxed) {
+        // Start-up's sweep has just ended.
+        let mut wake = Instant::now() + gap;
+        loop {
+            // Parked, not polled: whoever sets `stop` unparks this thread,
+            // so an idle observer wakes once a sweep.
+            while !stop.load(Ordering::Relaxed) && Instant::now() < wake {
+                std::thread::park_timeout(wake.saturating_duration_since(Instant::now()));
+            }
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
             let started = Instant::now();
             if started < next_tick {
                 self.metrics.due_sweeps.inc();
@@ -230,12 +263,19 @@ impl Agent {
             }
             self.metrics.sweeps.inc();
             self.metrics.sweep_duration.set(started.elapsed().as_secs_f64());
-            let wake = self.due_at(started + interval / 4).filter(|&due| due < next_tick).unwrap_or(next_tick);
-            // Parked, not polled: whoever sets `stop` unparks this thread,
-            // so an idle observer wakes once a sweep.
-            while !stop.load(Ordering::Relaxed) && Instant::now() < wake {
-                std::thread::park_timeout(wake.saturating_duration_since(Instant::now()));
-            }
+            let due = self.due_at(started + interval / 4).filter(|&due| due < next_tick);
+            wake = due.unwrap_or(next_tick).max(Instant::now() + gap);
+        }
+    }
+
+    /// Lets sends move a mark only now and then, now that sweeps keep
+    /// `gap` between them (`settings::TOUCH_EVERY_JIFFIES`). Unwritten,
+    /// every send that leaves bytes outstanding moves it.
+    fn tell_touch_every(&mut self, gap: Duration) {
+        let Some(maps) = self.maps.as_mut() else { return };
+        let every = touch_every_jiffies(gap, jiffy_ns());
+        if let Err(e) = maps.settings.set(settings::TOUCH_EVERY_JIFFIES, every, 0) {
+            warn!("sends move a socket's mark at every send: cannot write SETTINGS: {e}");
         }
     }
 
@@ -776,4 +816,24 @@ impl Agent {
 fn per_cpu_delta(map: &PerCpuArray<MapData, u64>, slot: u32, last: &mut u64) -> Option<u64> {
     let total: u64 = map.get(&slot, 0).ok()?.iter().sum();
     Some(total.saturating_sub(std::mem::replace(last, total)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_send_skips_a_move_only_while_less_than_the_gap_has_passed() {
+        const JIFFY: u64 = 4_000_000;
+        for gap_ms in [6, 12, 125, 250, 1000] {
+            let gap = Duration::from_millis(gap_ms);
+            let every = u64::from(touch_every_jiffies(gap, JIFFY));
+            // Skipped while the counter says fewer than `every` jiffies
+            // passed: at most `every` real jiffies, under the gap.
+            assert!(every == 0 || every * JIFFY < gap.as_nanos() as u64, "{gap_ms} ms: {every} jiffies");
+        }
+        assert_eq!(touch_every_jiffies(Duration::from_millis(125), JIFFY), 30);
+        assert_eq!(touch_every_jiffies(Duration::from_millis(6), JIFFY), 0, "under two jiffies: every send");
+        assert_eq!(touch_every_jiffies(Duration::from_secs(1), 0), 0, "jiffy unknown");
+    }
 }

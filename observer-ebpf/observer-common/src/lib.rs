@@ -109,6 +109,9 @@ pub struct SockEvents {
     pub rto_timeouts: u32,
     pub zero_window_probes: u32,
     pub loss_probes: u32,
+    /// `jiffies` when a send last moved the socket's mark (see
+    /// `settings::TOUCH_EVERY_JIFFIES`); 0 before the first.
+    pub touched_jiffies: u64,
 }
 
 /// The socket was seen becoming ESTABLISHED while tracked, so its close is
@@ -299,7 +302,14 @@ pub mod settings {
     /// send: no `tcp_sendpage` bypasses `tcp_sendmsg` and `sock_send_length`
     /// (removed in Linux 6.5).
     pub const SENDS_TOUCH: u32 = 0;
-    pub const COUNT: u32 = 1;
+    /// A send moves a socket's mark at most once in this many jiffies (0:
+    /// at every send that leaves bytes outstanding). Settling takes two
+    /// reads of the mark after it moved, and the agent starts no sweep
+    /// sooner than this many jiffies and one more after the last ended: so
+    /// a send that skips the move finds the socket not settled since the
+    /// last one, and the second of those reads sees its bytes.
+    pub const TOUCH_EVERY_JIFFIES: u32 = 1;
+    pub const COUNT: u32 = 2;
 }
 
 /// `TGID_FILTER`: a bitmap over `tgid % BITS` in front of `TARGET_TGIDS`.
@@ -411,8 +421,8 @@ mod pod {
 
 // The agent parses iterator output as a stream of these; a layout with
 // implicit padding would differ between the two compilers' views.
-const _: () = assert!(core::mem::size_of::<SockRecord>() == 200);
-const _: () = assert!(core::mem::size_of::<SockEvents>() == 72);
+const _: () = assert!(core::mem::size_of::<SockRecord>() == 208);
+const _: () = assert!(core::mem::size_of::<SockEvents>() == 80);
 const _: () = assert!(core::mem::size_of::<AgentClocks>() == 80);
 const _: () = assert!(core::mem::size_of::<Offsets>() == 144);
 const _: () = assert!(core::mem::size_of::<HeldSocket>() == 16);
