@@ -150,7 +150,7 @@ const MIN_GAP_SHARE: u32 = 8;
 /// move the counter dates `n` jiffies back happened less than `n + 1`
 /// jiffies ago, so skipping a move below this leaves less than `gap` since
 /// the last: too little for the two reads that settling takes.
-pub fn touch_every_jiffies(gap: Duration, jiffy_ns: u64) -> u32 {
+fn touch_every_jiffies(gap: Duration, jiffy_ns: u64) -> u32 {
     if jiffy_ns == 0 {
         return 0;
     }
@@ -228,11 +228,12 @@ impl Agent {
         })
     }
 
-    /// Sweeps until `stop` is set (then unpark the thread): every `interval`, and in between when
-    /// the last sweep found a socket whose class is due to change before
-    /// the next one (a peer reaching `--dead-after`), so that it is reported
-    /// then rather than up to an interval later. Those come no closer than
-    /// a quarter interval apart, which bounds what trouble can cost.
+    /// Sweeps until `stop` is set (and the thread unparked): every
+    /// `interval`, and in between when the last sweep found a socket whose
+    /// class is due to change before the next one (a peer reaching
+    /// `--dead-after`), so that it is reported then rather than up to an
+    /// interval later. Those come no closer than a quarter interval apart,
+    /// which bounds what trouble can cost.
     pub fn run(mut self, interval: Duration, stop: Arc<AtomicBool>) {
         let gap = interval / MIN_GAP_SHARE;
         self.tell_touch_every(gap);

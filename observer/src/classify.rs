@@ -202,10 +202,10 @@ pub fn next_change(o: &Observed, t: &Thresholds) -> Option<Duration> {
         (t.stall_after, o.zero_window_for),
         (t.stall_after, o.connect_for),
     ];
-    let mut gaps: Vec<Duration> =
-        ages.iter().filter_map(|&(threshold, age)| age.filter(|&a| a < threshold).map(|a| threshold - a)).collect();
-    gaps.sort();
-    gaps.into_iter().find(|&d| classify(&o.aged(d), t) != class)
+    // Runs for every record a sweep reads: sorted in place, not collected.
+    let mut gaps = ages.map(|(threshold, age)| age.filter(|&a| a < threshold).map(|a| threshold - a));
+    gaps.sort_unstable();
+    gaps.into_iter().flatten().find(|&d| classify(&o.aged(d), t) != class)
 }
 
 impl Observed {

@@ -233,7 +233,7 @@ impl Metrics {
         r.register("sweep_errors", "Sweeps that failed", self.sweep_errors.clone());
         r.register(
             "due_sweeps",
-            "Sweeps run before the interval was up because a socket's class was due to change then (at most four per interval)",
+            "Sweeps run before the interval was up because a socket's class was due to change then (at most three per interval)",
             self.due_sweeps.clone(),
         );
         r.register(

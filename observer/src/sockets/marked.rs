@@ -102,10 +102,7 @@ impl MarkedSweeps {
             .take_map(CROSSED)
             .ok_or_else(|| IterError::Kernel(format!("map {CROSSED} is missing")))
             .and_then(|m| RingBuf::try_from(m).map_err(|e| IterError::Kernel(format!("map {CROSSED}: {e}"))))?;
-        let mut sweeps = MarkedSweeps { link, crossed };
-        // Nothing from before this observer's first read is this sweep's.
-        sweeps.drain_ring()?;
-        Ok(sweeps)
+        Ok(MarkedSweeps { link, crossed })
     }
 
     /// The records in the ring, in the order they were written.
@@ -123,10 +120,13 @@ impl MarkedSweeps {
         let attr = IterCreate { link_fd: self.link.as_raw_fd() as u32, ..IterCreate::default() };
         let fd = bpf(BPF_ITER_CREATE, std::ptr::addr_of!(attr).cast(), size_of::<IterCreate>())
             .map_err(|e| IterError::Kernel(format!("opening {PROGRAM}: {e}")))?;
-        let mut records: Vec<SockRecord> = read_records(&mut File::from(fd), &|_| true)?;
+        let read = read_records(&mut File::from(fd), &|_| true);
         // The program runs only while this thread reads, so once the read
-        // ends every record it put in the ring is there.
-        records.extend(self.drain_ring()?);
+        // ends every record it put in the ring is there. Drained also when
+        // the read failed: none of them may pass for the next sweep's.
+        let ring = self.drain_ring();
+        let mut records: Vec<SockRecord> = read?;
+        records.extend(ring?);
         let bytes = records.len() * size_of::<SockRecord>();
         Ok(Marked { records, bytes })
     }

@@ -113,7 +113,8 @@ pub struct SocketTable {
     last_now: u64,
     /// The file tables the last `reown` applied, and the table it left.
     last_reown: Option<Reowned>,
-    /// The earliest `changes_at` among the sockets the last sweep read.
+    /// When the earliest class change among the sockets the last sweep read
+    /// is due (see `next_change`).
     next_change: Option<u64>,
 }
 
@@ -505,9 +506,8 @@ fn persist_lower_bound(backoff: u8) -> u64 {
     (0..u32::from(backoff).min(64)).map(|i| RTO_MIN_NS.checked_shl(i).unwrap_or(u64::MAX).min(RTO_MAX_NS)).sum()
 }
 
-/// One socket's next state from its previous one and a fresh record.
-/// The socket as `rec` shows it, and when its class changes if nothing else
-/// happens (CLOCK_MONOTONIC ns).
+/// One socket's next state from its previous one and a fresh record, and
+/// when its class changes if nothing else happens (CLOCK_MONOTONIC ns).
 fn update(
     prev: Option<&Tracked>,
     owner: u32,
