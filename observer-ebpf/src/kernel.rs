@@ -2,12 +2,9 @@
 
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
-    helpers::{
-        bpf_ktime_get_ns,
-        generated::{bpf_probe_read_kernel, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
-    },
+    helpers::generated::{bpf_probe_read_kernel, bpf_sk_storage_get, bpf_skc_to_tcp_sock},
 };
-use observer_common::{Offsets, drop_reason};
+use observer_common::{Mark, Offsets, drop_reason};
 
 use crate::maps::count_drop;
 
@@ -84,16 +81,14 @@ pub trait Sock: Copy {
     /// Tells the marked-socket sweep that the socket's state is changing;
     /// true when the socket carries a mark.
     fn touch(self) -> bool;
+    /// A number that tells sockets apart well enough to spread them over
+    /// `TOUCHED`'s slots. The verifier allows no arithmetic on a typed
+    /// pointer, so a typed socket offers its ports.
+    fn spread(self) -> u64;
     /// The same socket as a full TCP socket, or None for any other kind:
     /// a typed `struct sock *` only reaches `tcp_sock` fields once the
     /// verifier has seen it checked.
     fn tcp(self) -> Option<Self>;
-    /// CLOCK_MONOTONIC ns no earlier than the socket's latest ACK, for a
-    /// send probe to date progress by: `tcp_mstamp` (µs of the socket's
-    /// latest send or receive processing, which the send just refreshed)
-    /// where it is one load, the clock itself where it would be a helper
-    /// call anyway. Reading the clock costs more than the load in a VM.
-    fn processed_ns(self) -> u64;
 }
 
 /// A pointer the verifier knows the BTF type of.
@@ -135,16 +130,15 @@ impl Sock for Typed {
         true
     }
     #[inline(always)]
+    fn spread(self) -> u64 {
+        let local: u16 = load(self.0, off!(skc_num));
+        let peer: u16 = load(self.0, off!(skc_dport));
+        u64::from(local) << 16 | u64::from(peer)
+    }
+    #[inline(always)]
     fn tcp(self) -> Option<Self> {
         let tp = unsafe { bpf_skc_to_tcp_sock(self.0 as *mut core::ffi::c_void) } as *const u8;
         (!tp.is_null()).then_some(Typed(tp))
-    }
-    #[inline(always)]
-    fn processed_ns(self) -> u64 {
-        match load::<u64>(self.0, off!(tcp_mstamp)) {
-            0 => unsafe { bpf_ktime_get_ns() },
-            us => us * 1000,
-        }
     }
 }
 
@@ -170,23 +164,31 @@ impl Sock for Untyped {
         false
     }
     #[inline(always)]
-    fn tcp(self) -> Option<Self> {
-        (protocol(self) == IPPROTO_TCP).then_some(self)
+    fn spread(self) -> u64 {
+        // Slab objects: the low bits repeat.
+        self.0 >> 6
     }
     #[inline(always)]
-    fn processed_ns(self) -> u64 {
-        unsafe { bpf_ktime_get_ns() }
+    fn tcp(self) -> Option<Self> {
+        (protocol(self) == IPPROTO_TCP).then_some(self)
     }
 }
 
 const IPPROTO_TCP: u16 = 6;
 
-/// The mark of the typed socket `sk`, created zeroed with
+/// The mark of the typed socket `sk`, created as `Mark::NEW` with
 /// `BPF_SK_STORAGE_GET_F_CREATE`; null where there is none.
 #[inline(always)]
-pub fn storage(sk: *const u8, flags: u64) -> *mut observer_common::Mark {
+pub fn storage(sk: *const u8, flags: u64) -> *mut Mark {
     let map = core::ptr::addr_of!(crate::maps::MARKS) as *mut core::ffi::c_void;
-    unsafe { bpf_sk_storage_get(map, sk as *mut core::ffi::c_void, core::ptr::null_mut(), flags) }.cast()
+    let mut new = Mark::NEW;
+    // Only a lookup that may create reads it: none other pays for its stores.
+    let init = if flags & BPF_SK_STORAGE_GET_F_CREATE as u64 != 0 {
+        (&mut new as *mut Mark).cast()
+    } else {
+        core::ptr::null_mut()
+    };
+    unsafe { bpf_sk_storage_get(map, sk as *mut core::ffi::c_void, init, flags) }.cast()
 }
 
 #[inline(always)]

@@ -7,7 +7,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, Queue, RingBuf},
 };
 use observer_common::{
-    AgentClocks, Mark, PortKey, ProcCounters, SockEvents, drop_reason, marks, settings, tgid_filter,
+    AgentClocks, Mark, PortKey, ProcCounters, SockEvents, drop_reason, marks, settings, tgid_filter, touched::Sets,
 };
 
 /// Processes being watched (tgid -> 1). Written by the agent.
@@ -53,6 +53,12 @@ pub static CLOCKS: HashMap<u64, AgentClocks> = HashMap::with_max_entries(65_536,
 /// Socket-local storage, so it dies with the socket and needs no eviction.
 #[btf_map]
 pub static MARKS: SkStorage<Mark> = SkStorage::new();
+
+/// Sockets whose mark a send moved lately, per CPU (`touched`). Only the
+/// send program uses it, and a program does not run nested in itself on a
+/// CPU, so a slot's two words are never seen half-written.
+#[map]
+pub static TOUCHED: PerCpuArray<Sets> = PerCpuArray::with_max_entries(1, 0);
 
 /// Marked sockets that closed, for the agent to drop: a settled socket
 /// crosses as nothing, so its absence says nothing.

@@ -2,12 +2,14 @@
 //! hook ends up here with the socket's address, so the policy is written once.
 
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated::bpf_jiffies64};
-use observer_common::{FLAG_APP_CLOSED, FLAG_COUNTED_OPEN, PortKey, SockEvents, drop_reason, marks, tcp_state, timer};
+use observer_common::{
+    FLAG_APP_CLOSED, FLAG_COUNTED_OPEN, PortKey, SockEvents, drop_reason, marks, tcp_state, timer, touched,
+};
 
 use crate::{
     kernel::{self, Sock},
     maps::{
-        Counter, GONE, SOCKS, TARGET_PORTS, bump, bump_by, count_drop, hint, is_target, may_be_target,
+        Counter, GONE, SOCKS, TARGET_PORTS, TOUCHED, bump, bump_by, count_drop, hint, is_target, may_be_target,
         touch_every_jiffies,
     },
 };
@@ -53,19 +55,19 @@ fn start(sk: impl Sock, owner: u32, flags: u32, now: u64, birth: bool) -> bool {
     }
 }
 
-/// ACK progress bookkeeping shared by every event that looks at a socket.
+/// ACK progress as the write timer sees it: the agent's last ACK stamp
+/// bounds it, the timer's own dating only narrows it.
 #[inline(always)]
-fn note_progress(ev: &mut SockEvents, sk: impl Sock, now: impl FnOnce() -> u64) {
+fn note_progress(ev: &mut SockEvents, sk: impl Sock, now: u64) {
     let una = kernel::snd_una(sk);
     if una != ev.snd_una || una == kernel::snd_nxt(sk) {
         // Moved, or nothing outstanding: an idle socket is not a stuck one.
-        // The clock is read only here: reading the TSC is slow in VMs.
         if una != ev.snd_una {
             // Data moved: the window was open since any episode began.
             ev.zero_window_since_ns = 0;
         }
         ev.snd_una = una;
-        ev.last_progress_ns = now();
+        ev.last_progress_ns = now;
     }
     // Only a socket in a zero-window episode needs its window read.
     if ev.zero_window_since_ns != 0 && kernel::snd_wnd(sk) != 0 {
@@ -89,8 +91,14 @@ fn account_retransmits(ev: &mut SockEvents, sk: impl Sock) {
 
 /// After a send by the current task. Sends run in the sender's context, so
 /// a process we do not watch costs a bit test and no more (`may_be_target`).
-/// A socket the probes track needs no further test: the hash lookup of
-/// `is_target` is paid only by one they do not track yet.
+///
+/// A send has one job: a socket it left bytes in must not stay settled
+/// (`settings::SENDS_TOUCH`), so it moves the mark. Progress is the sweeps'
+/// to date, by the socket's own stamp of its last ACK. A send after which
+/// all is acknowledged leaves the socket as quiet as a sweep may have seen
+/// it, and costs nothing more. The sends that follow a move on the same
+/// CPU within `settings::TOUCH_EVERY_JIFFIES` find it in `TOUCHED` and stop
+/// there: no mark, no map lookup, on the busiest path of all.
 #[inline(always)]
 pub fn on_send(sk: impl Sock) {
     let tgid = current_tgid();
@@ -102,49 +110,56 @@ pub fn on_send(sk: impl Sock) {
     let Some(sk) = sk.tcp() else {
         return;
     };
-    // A settled non-blocking socket is not read again until its mark moves
-    // (`settings::SENDS_TOUCH`): move it while this send left bytes
-    // outstanding. Once all is acknowledged the socket is as quiet as the
-    // sweep last saw it, and the mark (a cache miss away on a busy sender)
-    // is left alone. `write_seq` first: `snd_una` only grows, so equal
-    // means all of this send's bytes were acknowledged.
-    let outstanding = kernel::write_seq(sk) != kernel::snd_una(sk);
-    match SOCKS.get_ptr_mut(sk.addr()) {
-        Some(ev) => {
-            let ev = unsafe { &mut *ev };
-            if outstanding {
-                touch_now_and_then(ev, sk);
-            }
-            note_progress(ev, sk, || sk.processed_ns());
-        }
-        None => {
-            if outstanding {
-                sk.touch();
-            }
-            // A write after a reset reaches a socket already in CLOSE, whose
-            // destruction no state change will announce: never start one.
-            let state = kernel::state(sk);
-            if state != tcp_state::CLOSE && state != tcp_state::LISTEN && is_target(tgid) {
-                start(sk, tgid, 0, unsafe { bpf_ktime_get_ns() }, false);
-            }
-        }
-    }
-}
-
-/// Moves the mark of a socket a send left bytes in, unless a send moved it
-/// less than `settings::TOUCH_EVERY_JIFFIES` ago: then it cannot have
-/// settled since, and the sweep that could settle it reads these bytes.
-/// On a busy sender the mark's lookup was half of this program's cost.
-#[inline(always)]
-fn touch_now_and_then(ev: &mut SockEvents, sk: impl Sock) {
-    let every = touch_every_jiffies();
-    let now = unsafe { bpf_jiffies64() };
-    if every != 0 && ev.touched_jiffies != 0 && now.wrapping_sub(ev.touched_jiffies) < every {
+    // `write_seq` first: `snd_una` only grows, so equal means every byte
+    // this send queued was acknowledged.
+    if kernel::write_seq(sk) == kernel::snd_una(sk) {
         return;
     }
-    if sk.touch() {
-        ev.touched_jiffies = now;
+    let Some(sets) = TOUCHED.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: this CPU's sets; see `TOUCHED`. The index is below `SETS`.
+    let set = unsafe { (*sets).0.get_unchecked_mut(touched::set(sk.spread()) as usize) };
+    let now = unsafe { bpf_jiffies64() };
+    let every = touch_every_jiffies();
+    // The socket's own slot, else the one touched longest ago (an empty
+    // one first).
+    let mut way = 0;
+    for i in 0..touched::WAYS {
+        // SAFETY: `i` is below `WAYS`.
+        let slot = unsafe { set.0.get_unchecked(i) };
+        if slot.sk == sk.addr() {
+            if every != 0 && now.wrapping_sub(slot.jiffies) < every {
+                return;
+            }
+            way = i;
+            break;
+        }
+        if slot.jiffies < unsafe { set.0.get_unchecked(way) }.jiffies {
+            way = i;
+        }
     }
+
+    if !sk.touch() {
+        // No mark: a kernel without them, or a socket the sweeps have not
+        // met. One the probes do not track yet is started here.
+        // A write after a reset reaches a socket already in CLOSE, whose
+        // destruction no state change will announce: never start one.
+        let state = kernel::state(sk);
+        if SOCKS.get_ptr(sk.addr()).is_none()
+            && state != tcp_state::CLOSE
+            && state != tcp_state::LISTEN
+            && is_target(tgid)
+        {
+            start(sk, tgid, 0, unsafe { bpf_ktime_get_ns() }, false);
+        }
+    }
+    // Also without a mark: a mark made later counts as a move then
+    // (`Mark::NEW`), so skipping until then is as safe.
+    // SAFETY: `way` is below `WAYS`.
+    let slot = unsafe { set.0.get_unchecked_mut(way) };
+    slot.sk = sk.addr();
+    slot.jiffies = now;
 }
 
 /// The application closed the socket (tcp_close), in the closer's context.
@@ -270,7 +285,7 @@ pub fn on_write_timer(sk: impl Sock) {
     };
     let ev = unsafe { &mut *ev };
     let now = unsafe { bpf_ktime_get_ns() };
-    note_progress(ev, sk, || now);
+    note_progress(ev, sk, now);
     account_retransmits(ev, sk);
     match kernel::pending(sk) {
         timer::RETRANS => {

@@ -109,9 +109,6 @@ pub struct SockEvents {
     pub rto_timeouts: u32,
     pub zero_window_probes: u32,
     pub loss_probes: u32,
-    /// `jiffies` when a send last moved the socket's mark (see
-    /// `settings::TOUCH_EVERY_JIFFIES`); 0 before the first.
-    pub touched_jiffies: u64,
 }
 
 /// The socket was seen becoming ESTABLISHED while tracked, so its close is
@@ -276,6 +273,9 @@ impl SockRecord {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Mark {
     /// Bumped by the send and state probes whenever the socket may change.
+    /// A mark is created at [`Mark::NEW`]'s generation, one the sweeps have
+    /// not seen: creation counts as a move, so a new mark, like a moved one,
+    /// takes two reads to settle.
     pub generation: u64,
     /// `generation` as the marked-socket sweep last read it.
     pub seen: u64,
@@ -295,6 +295,49 @@ pub struct Mark {
     pub _pad: u32,
 }
 
+impl Mark {
+    pub const NEW: Mark = Mark { generation: 1, seen: 0, settled: 0, write_seq: 0, sends_touch: 0, _pad: 0 };
+}
+
+/// `TOUCHED`: per CPU, the sockets whose mark a send on that CPU moved
+/// lately, so that the sends that follow within `settings::TOUCH_EVERY_JIFFIES`
+/// need neither the mark nor the socket table. A socket has one set of
+/// `WAYS` slots, one cache line, by a hash of what tells it from others; a
+/// socket that finds no slot in its set is only looked up again.
+pub mod touched {
+    pub const WAYS: usize = 4;
+    /// A power of two.
+    pub const SETS: u32 = 256;
+
+    /// All the sets of one CPU, as the one value of the map: a lookup then
+    /// reads the set alone, not first a per-element pointer table (a
+    /// second cache miss on a busy sender).
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct Sets(pub [Set; SETS as usize]);
+
+    #[repr(C, align(64))]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Set(pub [Touched; WAYS]);
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Touched {
+        /// The socket's kernel address; 0 for an empty slot.
+        pub sk: u64,
+        /// `jiffies` when its mark moved, or it was found with nothing to move.
+        pub jiffies: u64,
+    }
+
+    /// The set for a socket by a number that tells it from most others
+    /// (its ports, or its address without the low bits a slab repeats),
+    /// spread by a multiplicative hash.
+    #[inline(always)]
+    pub fn set(spread: u64) -> u32 {
+        (spread.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - SETS.trailing_zeros())) as u32
+    }
+}
+
 /// Slots of `SETTINGS`, written by the agent once it knows which attach
 /// method each hook got (too late for read-only globals).
 pub mod settings {
@@ -302,12 +345,13 @@ pub mod settings {
     /// send: no `tcp_sendpage` bypasses `tcp_sendmsg` and `sock_send_length`
     /// (removed in Linux 6.5).
     pub const SENDS_TOUCH: u32 = 0;
-    /// A send moves a socket's mark at most once in this many jiffies (0:
-    /// at every send that leaves bytes outstanding). Settling takes two
-    /// reads of the mark after it moved, and the agent starts no sweep
-    /// sooner than this many jiffies and one more after the last ended: so
-    /// a send that skips the move finds the socket not settled since the
-    /// last one, and the second of those reads sees its bytes.
+    /// A send moves a socket's mark at most once in this many jiffies per
+    /// CPU (`TOUCHED`; 0: at every send that leaves bytes outstanding).
+    /// Settling takes two reads of the mark after it moved (or was made),
+    /// and the agent starts no sweep sooner than this many jiffies and one
+    /// more after the last ended: so a send that skips the move finds the
+    /// socket not settled since the last one, and the second of those reads
+    /// sees its bytes.
     pub const TOUCH_EVERY_JIFFIES: u32 = 1;
     pub const COUNT: u32 = 2;
 }
@@ -421,9 +465,10 @@ mod pod {
 
 // The agent parses iterator output as a stream of these; a layout with
 // implicit padding would differ between the two compilers' views.
-const _: () = assert!(core::mem::size_of::<SockRecord>() == 208);
-const _: () = assert!(core::mem::size_of::<SockEvents>() == 80);
+const _: () = assert!(core::mem::size_of::<SockRecord>() == 200);
+const _: () = assert!(core::mem::size_of::<SockEvents>() == 72);
 const _: () = assert!(core::mem::size_of::<AgentClocks>() == 80);
 const _: () = assert!(core::mem::size_of::<Offsets>() == 144);
 const _: () = assert!(core::mem::size_of::<HeldSocket>() == 16);
 const _: () = assert!(core::mem::size_of::<Mark>() == 32);
+const _: () = assert!(core::mem::size_of::<touched::Set>() == 64);

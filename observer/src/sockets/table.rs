@@ -537,6 +537,9 @@ fn update(
     if let Some(e) = ev {
         progress_at = progress_at.max(e.last_progress_ns);
     }
+    // `snd_una` moves only on an ACK, which stamps `rcv_tstamp`: progress
+    // is never later than the last ACK, however late a probe dated it.
+    progress_at = progress_at.min(last_ack);
     if unacked == 0 {
         progress_at = now;
     }
