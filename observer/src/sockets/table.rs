@@ -906,6 +906,33 @@ mod tests {
     }
 
     #[test]
+    fn progress_a_probe_dated_late_is_never_after_the_last_ack() {
+        // The write timer saw `snd_una` moved at 2 s, at its first look since
+        // the ACK that moved it, which the socket stamped at 1 s.
+        let mut table = SocketTable::with_tick(TICK);
+        let targets = HashSet::from([7]);
+        let inodes = owners(&[(9, 7)]);
+        let events = SockEvents { owner_tgid: 7, last_progress_ns: 2 * SEC, ..Default::default() };
+        let at = |s: u64| SockRecord {
+            snd_una: 1000,
+            snd_nxt: 9000,
+            write_seq: 9000,
+            retransmits: 3,
+            backoff: 3,
+            jiffies: 1000 + (s * SEC / TICK) as u32,
+            rcv_tstamp: 1000,
+            has_events: 1,
+            events,
+            ..rec(5, 9, tcp_state::ESTABLISHED)
+        };
+        table.sweep(SEC, &[at(0)], &inodes, &targets, true, &th());
+        table.sweep(5 * SEC, &[at(4)], &inodes, &targets, false, &th());
+        assert_eq!(class_of(&table, 5), Some(Class::Healthy), "4 s of silence");
+        table.sweep(6 * SEC, &[at(5)], &inodes, &targets, false, &th());
+        assert_eq!(class_of(&table, 5), Some(Class::Zombie(ZombieReason::DeadPeer)), "5 s since the last ACK");
+    }
+
+    #[test]
     fn sockets_found_late_are_dated_by_the_kernels_own_stamps() {
         // The socket last heard an ACK 2000 jiffies (8 s) ago.
         let mut table = SocketTable::with_tick(TICK);
