@@ -139,9 +139,12 @@ fn marking_supported() -> bool {
 /// What loading needs to know of the running kernel: its capabilities, the
 /// offsets for the programs, and its BTF in aya's form.
 fn kernel_facts(opts: &LoadOptions) -> Result<(Capabilities, Offsets, AyaBtf), ProbeError> {
-    let btf = offsets::load_btf(&opts.btf_path)?;
-    let caps = caps::detect(Some(&btf));
-    let offsets = offsets::resolve(&btf)?;
+    // One parse of the kernel's BTF at a time: each is tens of MB, and the
+    // two together were the agent's start-up peak.
+    let (caps, offsets) = {
+        let btf = offsets::load_btf(&opts.btf_path)?;
+        (caps::detect(Some(&btf)), offsets::resolve(&btf)?)
+    };
     if offsets.icsk_probes_tstamp == 0 {
         log::warn!(
             "kernel BTF has no inet_connection_sock.icsk_probes_tstamp (added in 5.12): zero-window stalls \
